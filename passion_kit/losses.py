@@ -1,0 +1,215 @@
+"""PASSION's losses (spec C), each returning one value per sample, shape (B,).
+
+Conventions shared by all functions:
+
+- ``probs`` are probabilities (softmax already applied), ``*_logits`` are logits.
+- ``target_onehot`` is a float or bool one-hot tensor (B, K, *spatial).
+- Reductions over the batch are left to the caller (PASSION averages by default;
+  the official code sums, spec G.6).
+- ``size`` upsamples predictions to the target grid first (trilinear,
+  ``align_corners=True``), as the official deep supervision does with its probabilities.
+
+The clamps (0.005 for the log), epsilons (1e-7 Dice, 1e-5 prototypes) and the
+"mean over classes and voxels" of the KL are the official code's (spec C.1-C.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from passion_kit.models.blocks import upsample
+
+__all__ = [
+    "weighted_cross_entropy",
+    "soft_dice_loss",
+    "segmentation_loss",
+    "deep_supervision_loss",
+    "deep_supervision_weights",
+    "temperature_kl",
+    "pixel_distillation",
+    "prototype_distillation",
+]
+
+PROB_CLAMP = 0.005
+
+
+def _spatial_dims(x: torch.Tensor) -> tuple[int, ...]:
+    return tuple(range(2, x.dim()))
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same shape, "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def weighted_cross_entropy(probs: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
+    """Class-weighted cross-entropy on probabilities (spec C.1).
+
+    ``w_c = 1 - |{v: y_c(v) = 1}| / |V|`` per sample, and
+    ``L = mean_v sum_c -w_c y_c(v) log(clamp(p_c(v), 0.005, 1))``.
+
+    Returns:
+        (B,) loss per sample.
+    """
+    _check_pair(probs, target_onehot, ("probs", "target_onehot"))
+    y = target_onehot.to(probs.dtype)
+    dims = _spatial_dims(y)
+    nvox = y[0, 0].numel()
+    weight = 1.0 - y.sum(dims) / nvox  # (B, K)
+    logp = torch.log(probs.clamp(PROB_CLAMP, 1.0))
+    per_class = -(y * logp).sum(dims) / nvox  # (B, K): mean over voxels of -y_c log p_c
+    return (weight * per_class).sum(1)
+
+
+def soft_dice_loss(probs: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
+    """Soft Dice over all K classes, background included (spec C.2).
+
+    ``L = 1 - (1/K) sum_c 2 sum_v p_c y_c / (sum_v p_c + sum_v y_c + 1e-7)``.
+
+    Returns:
+        (B,) loss per sample.
+    """
+    _check_pair(probs, target_onehot, ("probs", "target_onehot"))
+    y = target_onehot.to(probs.dtype)
+    dims = _spatial_dims(y)
+    inter = (probs * y).sum(dims)
+    denom = probs.sum(dims) + y.sum(dims) + 1e-7
+    return 1.0 - (2.0 * inter / denom).mean(1)
+
+
+def segmentation_loss(probs: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
+    """``weighted_cross_entropy + soft_dice_loss`` (the fused and unimodal terms, spec C.3)."""
+    return weighted_cross_entropy(probs, target_onehot) + soft_dice_loss(probs, target_onehot)
+
+
+def deep_supervision_weights(levels: int) -> list[float]:
+    """Weights 2^-l for levels l = 1..L (finest first): 0.5, 0.25, ..."""
+    return [2.0 ** -(level + 1) for level in range(levels)]
+
+
+def deep_supervision_loss(
+    deep_logits: Sequence[torch.Tensor], target_onehot: torch.Tensor
+) -> torch.Tensor:
+    """``sum_l 2^-l [wCE + Dice](Up(softmax(Q_l)))`` over the backbone's levels (spec C.3).
+
+    Args:
+        deep_logits: logits per level, finest first, at their native resolution.
+        target_onehot: (B, K, *spatial) at full resolution.
+
+    Returns:
+        (B,) loss per sample.
+    """
+    size = target_onehot.shape[2:]
+    total = target_onehot.new_zeros(target_onehot.shape[0], dtype=deep_logits[0].dtype)
+    for w, logits in zip(deep_supervision_weights(len(deep_logits)), deep_logits, strict=True):
+        total = total + w * segmentation_loss(upsample(F.softmax(logits, 1), size), target_onehot)
+    return total
+
+
+def _clamped_soft(logits: torch.Tensor, temperature: float, size) -> torch.Tensor:
+    p = F.softmax(logits / temperature, dim=1)
+    if size is not None:
+        p = upsample(p, size)
+    return p.clamp(PROB_CLAMP, 1.0)
+
+
+def temperature_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    *,
+    size: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Temperature-scaled KL(teacher || student), pixel-wise self-distillation (spec C.4).
+
+    ``T^2 mean_{c,v} p_t (log p_t - log p_s)`` with ``p = clamp(Up(softmax(z / T)), 0.005, 1)``:
+    clamped after upsampling and not renormalised, and averaged over classes *and*
+    voxels (so it is 1/K of the usual per-voxel KL), exactly as the official code.
+    The teacher is detached here: gradient reaches only the student.
+
+    Returns:
+        (B,) loss per sample.
+    """
+    _check_pair(student_logits, teacher_logits, ("student_logits", "teacher_logits"))
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    p_s = _clamped_soft(student_logits, temperature, size)
+    p_t = _clamped_soft(teacher_logits.detach(), temperature, size)
+    kl = p_t * (torch.log(p_t) - torch.log(p_s))
+    return temperature**2 * kl.flatten(1).mean(1)
+
+
+def pixel_distillation(
+    student_logits: torch.Tensor,
+    student_deep: Sequence[torch.Tensor],
+    teacher_logits: torch.Tensor,
+    teacher_deep: Sequence[torch.Tensor],
+    temperature: float,
+) -> torch.Tensor:
+    """``L_pix = KL_T(P^m <- P) + sum_l 2^-l KL_T(Up(Q_l^m) <- Up(Q_l))`` (spec C.4).
+
+    Returns:
+        (B,) loss per sample.
+    """
+    size = student_logits.shape[2:]
+    total = temperature_kl(student_logits, teacher_logits, temperature)
+    weights = deep_supervision_weights(len(student_deep))
+    for w, s, t in zip(weights, student_deep, teacher_deep, strict=True):
+        total = total + w * temperature_kl(s, t, temperature, size=size)
+    return total
+
+
+def prototype_distillation(
+    student_features: torch.Tensor,
+    teacher_features: torch.Tensor,
+    target_onehot: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Semantic-wise self-distillation with class prototypes (spec C.5).
+
+    For each class k present in *every* sample of the batch (the official class set),
+    prototypes ``mu_k = sum_v f(v) y_k(v) / (sum_v y_k(v) + 1e-5)`` and similarity maps
+    ``S_k(v) = cos(f(v), mu_k)`` (eps 1e-5) are computed for the student and the
+    (detached) teacher features.
+
+    Returns:
+        ``(loss, distance)``, each (B,): ``mean_{k,v} (S_k^s - S_k^t)^2`` with gradient to the
+        student only, and the detached ``mean_{k,v} |S_k^s - S_k^t|`` (the distance D that
+        drives the relative preference). Both are 0 when no class is present in every
+        sample (impossible when background is present).
+    """
+    _check_pair(student_features, teacher_features, ("student_features", "teacher_features"))
+    if target_onehot.shape[0] != student_features.shape[0] or (
+        target_onehot.shape[2:] != student_features.shape[2:]
+    ):
+        raise ValueError(
+            f"target_onehot {tuple(target_onehot.shape)} does not match the features "
+            f"{tuple(student_features.shape)} in batch size and spatial shape"
+        )
+    b = student_features.shape[0]
+    y = target_onehot.to(student_features.dtype).flatten(2)  # (B, K, V)
+    counts = y.sum(-1)  # (B, K)
+    present = (counts > 0).all(0)  # classes present in every sample of the batch
+    if not bool(present.any()):
+        zero = student_features.new_zeros(b)
+        return zero, zero
+    y = y[:, present]
+    counts = counts[:, present]
+    eps = 1e-5
+
+    def similarity(f: torch.Tensor) -> torch.Tensor:
+        f = f.flatten(2)  # (B, C, V)
+        proto = torch.einsum("bcv,bkv->bkc", f, y) / (counts.unsqueeze(-1) + eps)
+        f_unit = f / f.norm(dim=1, keepdim=True).clamp_min(eps)
+        p_unit = proto / proto.norm(dim=-1, keepdim=True).clamp_min(eps)
+        return torch.einsum("bcv,bkc->bkv", f_unit, p_unit)  # (B, K_b, V)
+
+    diff = similarity(student_features) - similarity(teacher_features.detach())
+    loss = diff.pow(2).flatten(1).mean(1)
+    distance = diff.detach().abs().flatten(1).mean(1)
+    return loss, distance
