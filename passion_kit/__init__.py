@@ -13,9 +13,9 @@ Usage (CPU, a few seconds)::
 
 from __future__ import annotations
 
-from passion_kit import losses
-from passion_kit.models import available_backbones, build_backbone
+from passion_kit import losses, objectives, preference
 from passion_kit.data.modalities import BRATS, MYOPS, ModalitySet
+from passion_kit.models import available_backbones, build_backbone
 
 __version__ = "0.1.0"
 
@@ -26,5 +26,7 @@ __all__ = [
     "available_backbones",
     "build_backbone",
     "losses",
+    "objectives",
+    "preference",
     "__version__",
 ]

@@ -49,7 +49,9 @@ class FusionOut:
 def rows_per_sample(num_samples: int, mask: torch.Tensor) -> int:
     """S = mask rows per sample; checks that ``mask`` is (B * S, M) bool."""
     if mask.dtype != torch.bool or mask.dim() != 2:
-        raise ValueError(f"mask must be a 2-D bool tensor (rows, M), got {mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must be a 2-D bool tensor (rows, M), got {mask.dtype} {tuple(mask.shape)}"
+        )
     if mask.shape[0] % num_samples:
         raise ValueError(
             f"mask has {mask.shape[0]} rows, not a multiple of the batch size {num_samples}"

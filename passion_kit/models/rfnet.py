@@ -196,8 +196,10 @@ class FusionDecoder(nn.Module):
             for level, ch in enumerate(chans)
         )
         self.rfm = nn.ModuleList(RegionAwareFusion(num_modalities, ch, num_classes) for ch in chans)
-        # up_convs[l]: level l+1 -> l after upsampling; merge/out at levels 0..2
-        self.up_convs = nn.ModuleList(ConvNormAct(chans[l + 1], chans[l]) for l in range(LEVELS - 1))
+        # up_convs[i]: level i+1 -> i after upsampling; merge/out at levels 0..2
+        self.up_convs = nn.ModuleList(
+            ConvNormAct(chans[i + 1], chans[i]) for i in range(LEVELS - 1)
+        )
         self.merge_convs = nn.ModuleList(ConvNormAct(2 * ch, ch) for ch in chans[:-1])
         self.out_convs = nn.ModuleList(ConvNormAct(ch, ch, kernel=1) for ch in chans[:-1])
         self.seg = nn.Conv3d(width, num_classes, 1)
@@ -223,7 +225,7 @@ class RFNet(Backbone):
         num_modalities: M (4 for BraTS, 3 for MyoPS).
         num_classes: K including background.
         width: channels at full resolution (8 in the paper, 16 in the original RFNet).
-        patch_size: training patch size; each side must be divisible by 8.
+        patch_size: training patch size; each side a multiple of 8 and >= 16.
     """
 
     name = "rfnet"
@@ -240,9 +242,11 @@ class RFNet(Backbone):
         if width % 4:
             raise ValueError(f"width must be a multiple of 4 for RFNet, got {width}")
         size = (patch_size,) * 3 if isinstance(patch_size, int) else tuple(patch_size)
-        if len(size) != 3 or any(s <= 0 or s % 2 ** (LEVELS - 1) for s in size):
+        step = 2 ** (LEVELS - 1)
+        # The coarsest level needs >= 2 voxels per axis for its reflect-padded 3x3x3 convs.
+        if len(size) != 3 or any(s < 2 * step or s % step for s in size):
             raise ValueError(
-                f"patch_size must be positive and divisible by {2 ** (LEVELS - 1)} per axis, "
+                f"patch_size must be a multiple of {step} and >= {2 * step} per axis, "
                 f"got {patch_size!r}"
             )
         self.patch_size = size

@@ -1,0 +1,41 @@
+"""Training objectives over the backbone interface, selectable by name.
+
+``build_objective("passion" | "baseline", num_modalities=..., num_classes=..., **options)``.
+An objective never imports a concrete backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from passion_kit.objectives.base import StepResult
+from passion_kit.objectives.passion import BaselineObjective, PassionObjective
+
+__all__ = [
+    "BaselineObjective",
+    "PassionObjective",
+    "StepResult",
+    "available_objectives",
+    "build_objective",
+]
+
+_REGISTRY: dict[str, Callable[..., PassionObjective]] = {
+    "baseline": BaselineObjective,
+    "passion": PassionObjective,
+}
+
+
+def available_objectives() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_objective(name: str, *, num_modalities: int, num_classes: int, **options):
+    """Build an objective by name (see :func:`available_objectives`).
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    key = name.lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown objective {name!r}; expected one of {available_objectives()}")
+    return _REGISTRY[key](num_modalities=num_modalities, num_classes=num_classes, **options)

@@ -1,0 +1,299 @@
+"""The PASSION objective (spec D) over any backbone, and the baseline it plugs into.
+
+One training step (PASSION on):
+
+1. ``encode`` every modality once.
+2. ``fuse`` the teacher (the sample's own mask) and one student per available modality
+   (a one-modality mask) in a single call: the students reuse the encoder features.
+3. Teacher: ``L_fuse`` (weighted CE + Dice) and deep supervision ``L_ds``.
+   Unimodal decoder: ``L_sep`` per available modality.
+4. Students: pixel-wise self-distillation ``L_pix`` (temperature KL to the detached
+   teacher, final and deep levels) and semantic-wise ``L_proto`` (prototype similarity
+   maps), with the distance D of each student to the teacher.
+5. Task-wise gate from the per-iteration relative preference; gradient-wise beta
+   from the per-epoch one (:mod:`passion_kit.preference`).
+
+``L = L_fuse + L_ds + sum_m tau_m beta_m omega_m L_sep^m + 0.5 sum_m beta_m omega_m L_pix^m
++ 0.1 sum_m tau_m omega_m L_proto^m`` (spec D.3), each term reduced over the batch.
+With PASSION off (the baseline, spec D.4): ``L = L_fuse + L_ds + sum_m L_sep^m``.
+
+Deviations from the official code, each switchable:
+
+- ``reduction="mean"``: terms are averaged over the batch; the official code sums them,
+  so its effective learning rate grows with the batch size (spec G.6). ``"sum"`` reproduces it.
+- ``skip_degenerate=True``: samples with a single student (D = 0 by construction) are left
+  out of the per-iteration preference instead of turning it into NaN (spec G.2).
+- ``students="available"``: students only for modalities in the sample's mask (the
+  paper-time code); ``"all"`` computes all M, as the official HEAD does in PDT.
+- ``exclude_single_modality=False``: single-modality samples count (with D = 0) in the epoch
+  distance, as in the official code; ``True`` leaves them out (spec G.3).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from passion_kit.losses import (
+    deep_supervision_loss,
+    pixel_distillation,
+    prototype_distillation,
+    segmentation_loss,
+)
+from passion_kit.models.base import Backbone, FusionOut
+from passion_kit.objectives.base import StepResult, check_batch, one_hot
+from passion_kit.preference import PreferenceState, iteration_preference, task_gate
+
+__all__ = ["PassionObjective", "BaselineObjective"]
+
+
+class PassionObjective:
+    """PASSION as a plug-in objective; ``enabled=False`` gives the plain baseline.
+
+    Args:
+        num_modalities: M.
+        num_classes: K.
+        enabled: PASSION on (True) or the baseline (False).
+        temperature: KD temperature T (4).
+        weight_sep, weight_pixel, weight_proto: loss weights (1, 0.5, 0.1).
+        students: ``"available"`` (default) or ``"all"`` (official HEAD in PDT).
+        reduction: ``"mean"`` (default) or ``"sum"`` (official) over the batch.
+        skip_degenerate: fix for NaN preferences from single-student samples (G.2).
+        exclude_single_modality: leave single-modality samples out of the epoch D (G.3).
+        track_distance: for the baseline only, also measure each student's distance D
+            (without gradient) so preference dynamics can be compared.
+        eta, eta_factor, eta_every, beta_range, warmup_epochs: the beta schedule (spec E).
+        omega: (M,) inverse-availability weights (IDT); ones if None (PDT).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_modalities: int,
+        num_classes: int,
+        enabled: bool = True,
+        temperature: float = 4.0,
+        weight_sep: float = 1.0,
+        weight_pixel: float = 0.5,
+        weight_proto: float = 0.1,
+        students: Literal["available", "all"] = "available",
+        reduction: Literal["mean", "sum"] = "mean",
+        skip_degenerate: bool = True,
+        exclude_single_modality: bool = False,
+        track_distance: bool = False,
+        eta: float = 0.01,
+        eta_factor: float = 1.5,
+        eta_every: int = 100,
+        beta_range: tuple[float, float] = (0.1, 4.0),
+        warmup_epochs: int = 0,
+        omega: torch.Tensor | None = None,
+    ) -> None:
+        if students not in ("available", "all"):
+            raise ValueError(f"students must be 'available' or 'all', got {students!r}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.name = "passion" if enabled else "baseline"
+        self.num_modalities = num_modalities
+        self.num_classes = num_classes
+        self.enabled = enabled
+        self.temperature = temperature
+        self.weight_sep = weight_sep
+        self.weight_pixel = weight_pixel
+        self.weight_proto = weight_proto
+        self.students = students
+        self.reduction = reduction
+        self.skip_degenerate = skip_degenerate
+        self.exclude_single_modality = exclude_single_modality
+        self.track_distance = track_distance
+        self.state = PreferenceState(
+            num_modalities,
+            eta=eta,
+            eta_factor=eta_factor,
+            eta_every=eta_every,
+            beta_low=beta_range[0],
+            beta_high=beta_range[1],
+            warmup_epochs=warmup_epochs,
+        )
+        if omega is not None:
+            self.set_omega(omega)
+
+    def set_omega(self, omega: torch.Tensor) -> None:
+        omega = torch.as_tensor(omega, dtype=torch.float32)
+        if omega.shape != (self.num_modalities,):
+            raise ValueError(f"omega must be ({self.num_modalities},), got {tuple(omega.shape)}")
+        self.state.omega = omega.clone()
+
+    def end_epoch(self) -> dict[str, list[float]]:
+        """Close the epoch (beta update with PASSION on); returns the per-modality record."""
+        return self.state.end_epoch(update_beta=self.enabled)
+
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Reduce over the batch (dim 0)."""
+        return x.mean(0) if self.reduction == "mean" else x.sum(0)
+
+    def __call__(self, batch: dict, backbone: Backbone) -> StepResult:
+        image, label, mask = check_batch(batch, self.num_modalities)
+        b, m = mask.shape
+        device = image.device
+        y = one_hot(label.to(device), self.num_classes, torch.float32)
+        mask = mask.to(device)
+        feats = backbone.encode(image)
+        # a[n, m]: modality m is a student / has a unimodal loss for sample n.
+        a = mask if self.students == "available" else torch.ones_like(mask)
+        af = a.float()
+
+        l_sep = self._separate_losses(backbone, feats, a, y)
+        per_mod: dict[str, torch.Tensor] = {"sep": self._reduce(l_sep).detach()}
+        if self.state.in_warmup:
+            # Warm-up (spec D.3): only the unimodal decoders train (beta * omega for PASSION).
+            weights = self.state.beta * self.state.omega if self.enabled else torch.ones(m)
+            loss = self.weight_sep * (weights.to(device) * self._reduce(l_sep)).sum()
+            return StepResult(
+                loss=loss,
+                terms={"sep": float(per_mod["sep"].sum())},
+                per_modality={k: v.cpu() for k, v in per_mod.items()},
+            )
+
+        student_mods = self._student_modalities(mask, a) if self.enabled else []
+        rows = 1 + len(student_mods)
+        out = backbone.fuse(feats, _row_masks(mask, student_mods))
+        teacher = out.rows(slice(0, None, rows))
+        terms: dict[str, torch.Tensor] = {
+            "fuse": self._reduce(segmentation_loss(F.softmax(teacher.logits.float(), 1), y)),
+            "deep": self._reduce(deep_supervision_loss([d.float() for d in teacher.deep], y)),
+        }
+        loss = terms["fuse"] + terms["deep"]
+
+        distance = None
+        if self.enabled:
+            l_pix, l_proto, distance = self._student_losses(out, rows, student_mods, mask, a, y)
+            score = iteration_preference(distance, a, skip_degenerate=self.skip_degenerate)
+            gate = task_gate(score).float()
+            beta, omega = self.state.beta.to(device), self.state.omega.to(device)
+            sep_w = gate * beta * omega
+            loss = (
+                loss
+                + self.weight_sep * (sep_w * self._reduce(l_sep)).sum()
+                + self.weight_pixel * (beta * omega * self._reduce(l_pix)).sum()
+                + self.weight_proto * (gate * omega * self._reduce(l_proto)).sum()
+            )
+            per_mod.update(
+                pixel=self._reduce(l_pix).detach(),
+                proto=self._reduce(l_proto).detach(),
+                preference_score=score.detach(),
+                gate=gate.detach(),
+                beta=beta.detach(),
+                omega=omega.detach(),
+            )
+        else:
+            loss = loss + self.weight_sep * self._reduce(l_sep).sum()
+            if self.track_distance:
+                with torch.no_grad():
+                    distance = self._measure_distance(backbone, feats, mask, a, y)
+                gate = torch.zeros(m, device=device)
+
+        if distance is not None:
+            counted = af
+            if self.exclude_single_modality:
+                counted = counted * (mask.sum(1, keepdim=True) > 1).float()
+            count = counted.sum(0)
+            dist_sum = (distance * counted).sum(0)
+            self.state.record(dist_sum, count, gate)
+            per_mod["distance"] = (dist_sum / count.clamp_min(1)).detach()
+
+        for key in ("sep", "pixel", "proto"):
+            if key in per_mod:
+                terms[key] = per_mod[key].sum()
+        return StepResult(
+            loss=loss,
+            terms={k: float(v.detach()) for k, v in terms.items()},
+            per_modality={k: v.detach().cpu() for k, v in per_mod.items()},
+        )
+
+    @staticmethod
+    def _student_modalities(mask: torch.Tensor, a: torch.Tensor) -> list[int]:
+        """Modalities that are a real student (not the teacher itself) for some sample."""
+        single = mask.sum(1, keepdim=True) == 1
+        real = a & ~(single & mask)
+        return [int(i) for i in torch.nonzero(real.any(0)).flatten()]
+
+    def _separate_losses(
+        self, backbone: Backbone, feats: list[torch.Tensor], a: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, M) unimodal-decoder losses, zero where ``a`` is False."""
+        b, m = a.shape
+        mods = [int(i) for i in torch.nonzero(a.any(0)).flatten()]
+        level_feats = [f[:, mods].flatten(0, 1) for f in feats]  # (B * |mods|, C_l, *sp)
+        probs = F.softmax(backbone.separate(level_feats).float(), 1)
+        losses = segmentation_loss(probs, y.repeat_interleave(len(mods), 0)).view(b, len(mods))
+        out = y.new_zeros(b, m)
+        out[:, mods] = losses
+        return out * a.float()
+
+    def _student_losses(
+        self,
+        out: FusionOut,
+        rows: int,
+        mods: list[int],
+        mask: torch.Tensor,
+        a: torch.Tensor,
+        y: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, M) pixel and prototype losses and distances D of every student."""
+        b, m = mask.shape
+        zeros = y.new_zeros(b, m)
+        if not mods:
+            return zeros, zeros.clone(), zeros.clone()
+        s = len(mods)
+
+        def split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            t = t.float().view(b, rows, *t.shape[1:])
+            teacher = t[:, :1].expand(b, s, *t.shape[2:]).flatten(0, 1)
+            return t[:, 1:].flatten(0, 1), teacher
+
+        s_logits, t_logits = split(out.logits)
+        deep = [split(d) for d in out.deep]
+        s_feat, t_feat = split(out.feature)
+        pix = pixel_distillation(
+            s_logits, [d[0] for d in deep], t_logits, [d[1] for d in deep], self.temperature
+        )
+        proto, dist = prototype_distillation(s_feat, t_feat, y.repeat_interleave(s, 0))
+        # A student whose mask is the teacher's (single-modality sample) is the teacher:
+        # its terms are exactly 0 (the official code computes them and gets 0).
+        real = a & ~((mask.sum(1, keepdim=True) == 1) & mask)
+        weight = real.float()
+        l_pix, l_proto, distance = zeros, zeros.clone(), zeros.clone()
+        l_pix[:, mods] = pix.view(b, s)
+        l_proto[:, mods] = proto.view(b, s)
+        distance[:, mods] = dist.view(b, s)
+        return l_pix * weight, l_proto * weight, distance * weight
+
+    def _measure_distance(
+        self,
+        backbone: Backbone,
+        feats: list[torch.Tensor],
+        mask: torch.Tensor,
+        a: torch.Tensor,
+        y: torch.Tensor,
+    ) -> torch.Tensor:
+        """Baseline only: D of every student, measured without gradient."""
+        mods = self._student_modalities(mask, a)
+        out = backbone.fuse(feats, _row_masks(mask, mods))
+        return self._student_losses(out, 1 + len(mods), mods, mask, a, y)[2]
+
+
+def _row_masks(mask: torch.Tensor, mods: list[int]) -> torch.Tensor:
+    """(B * (1 + S), M) fuse rows per sample: its own mask (teacher), then e_m for m in mods."""
+    b, m = mask.shape
+    eye = torch.eye(m, dtype=torch.bool, device=mask.device)
+    students = eye[mods].unsqueeze(0).expand(b, -1, -1)
+    return torch.cat((mask.unsqueeze(1), students), 1).reshape(b * (1 + len(mods)), m)
+
+
+def BaselineObjective(**kwargs) -> PassionObjective:  # noqa: N802 - reads as a class
+    """The baseline: the same objective with PASSION off (spec D.4)."""
+    return PassionObjective(enabled=False, **kwargs)

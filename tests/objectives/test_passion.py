@@ -1,0 +1,182 @@
+"""The PASSION objective (and the baseline) over RFNet, on tiny patches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import passion_kit as pk
+from passion_kit.data.modalities import BRATS
+from passion_kit.objectives import build_objective
+
+SIZE = 16
+
+
+def _batch(masks, *, zero_absent=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.tensor(masks, dtype=torch.bool)
+    b = mask.shape[0]
+    image = torch.randn(b, 4, SIZE, SIZE, SIZE, generator=g)
+    if zero_absent:
+        image = image * mask[:, :, None, None, None]
+    label = torch.zeros(b, SIZE, SIZE, SIZE, dtype=torch.long)
+    label[:, 4:12, 4:12, 4:12] = 2
+    label[:, 6:10, 6:10, 6:10] = 1
+    label[:, 7:9, 7:9, 7:9] = 3
+    return {"image": image, "label": label, "mask": mask}
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return pk.build_backbone("rfnet", patch_size=SIZE)
+
+
+@pytest.mark.parametrize("setting", ["idt", "pdt"])
+def test_every_mask_trains_without_nan(net, setting):
+    objective = build_objective("passion", num_modalities=4, num_classes=4)
+    for mask_id in range(15):
+        mask = BRATS.mask(mask_id)
+        batch = _batch([mask], zero_absent=setting == "idt", seed=mask_id)
+        net.zero_grad()
+        result = objective(batch, net)
+        result.loss.backward()
+        assert torch.isfinite(result.loss), BRATS.name(mask_id)
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        assert all(torch.isfinite(g).all() for g in grads)
+        absent = ~torch.tensor(mask)
+        for key in ("sep", "pixel", "proto", "distance"):
+            assert (result.per_modality[key][absent] == 0).all(), key
+        present = torch.tensor(mask)
+        assert (result.per_modality["sep"][present] > 0).all()
+        if sum(mask) > 1:  # real students: nonzero distillation for each
+            assert (result.per_modality["pixel"][present] > 0).all()
+            assert (result.per_modality["distance"][present] > 0).all()
+        else:  # the only student is the teacher itself
+            assert result.per_modality["pixel"].abs().sum() == 0
+
+
+def test_official_pdt_students_cover_all_modalities(net):
+    objective = build_objective("passion", num_modalities=4, num_classes=4, students="all")
+    result = objective(_batch([BRATS.mask(9)], zero_absent=False), net)  # flair+t1c
+    assert (result.per_modality["sep"] > 0).all()
+    assert (result.per_modality["distance"] > 0).all()
+
+
+def _encoder_grads(net, m):
+    return [p.grad for p in net.encoders[m].parameters()]
+
+
+@pytest.mark.parametrize("name", ["passion", "baseline"])
+def test_idt_no_gradient_reaches_missing_encoders(net, name):
+    objective = build_objective(name, num_modalities=4, num_classes=4)
+    batch = _batch([[True, False, True, False], [True, False, False, True]])
+    net.zero_grad(set_to_none=True)
+    objective(batch, net).loss.backward()
+    for g in _encoder_grads(net, 1):  # t1c is missing in both samples
+        assert g is None or g.abs().max() == 0
+    for m in (0, 2, 3):
+        assert sum(g.abs().sum() for g in _encoder_grads(net, m) if g is not None) > 0
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_single_modality_samples_give_no_nan(net, batch_size):
+    masks = [BRATS.mask(2), BRATS.mask(14), BRATS.mask(3), BRATS.mask(12)][:batch_size]
+    objective = build_objective("passion", num_modalities=4, num_classes=4)
+    result = objective(_batch(masks), net)
+    assert torch.isfinite(result.loss)
+    assert torch.isfinite(result.per_modality["preference_score"]).all()
+    if batch_size == 4:  # real students exist, so some modality lags and its gate opens
+        assert result.per_modality["gate"].sum() > 0
+    official = build_objective("passion", num_modalities=4, num_classes=4, skip_degenerate=False)
+    result = official(_batch(masks), net)
+    assert torch.isfinite(result.loss)
+    assert torch.isnan(result.per_modality["preference_score"]).all()  # spec G.2 reproduced
+    assert result.per_modality["gate"].sum() == 0
+
+
+def test_loss_is_the_documented_combination(net):
+    objective = build_objective("passion", num_modalities=4, num_classes=4)
+    objective.state.beta = torch.tensor([0.5, 1.5, 1.0, 0.8])
+    objective.set_omega(torch.tensor([2.0, 1.0, 3.0, 1.5]))
+    result = objective(_batch([[True, True, True, True], [True, False, True, True]]), net)
+    p = result.per_modality
+    beta, omega, gate = p["beta"], p["omega"], p["gate"]
+    expected = (
+        result.terms["fuse"]
+        + result.terms["deep"]
+        + (gate * beta * omega * p["sep"]).sum()
+        + 0.5 * (beta * omega * p["pixel"]).sum()
+        + 0.1 * (gate * omega * p["proto"]).sum()
+    )
+    assert result.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_baseline_loss_and_batch_reduction(net):
+    batch = _batch([[True, True, False, True], [True, False, True, True]])
+    mean = build_objective("baseline", num_modalities=4, num_classes=4)(batch, net)
+    assert set(mean.per_modality) == {"sep"}
+    assert mean.loss.item() == pytest.approx(
+        mean.terms["fuse"] + mean.terms["deep"] + mean.terms["sep"], rel=1e-5
+    )
+    summed = build_objective("baseline", num_modalities=4, num_classes=4, reduction="sum")(
+        batch, net
+    )
+    assert summed.loss.item() == pytest.approx(2 * mean.loss.item(), rel=1e-5)
+
+
+def test_baseline_can_track_distance_without_training_on_it(net):
+    objective = build_objective("baseline", num_modalities=4, num_classes=4, track_distance=True)
+    result = objective(_batch([[True, True, False, True]]), net)
+    assert (result.per_modality["distance"][[0, 1, 3]] > 0).all()
+    record = objective.end_epoch()
+    assert record["beta"] == [1.0] * 4 and record["distance"][0] > 0
+
+
+def test_students_reuse_the_encoder_features(net):
+    calls = []
+    hooks = [e.register_forward_hook(lambda *_: calls.append(1)) for e in net.encoders]
+    try:
+        build_objective("passion", num_modalities=4, num_classes=4)(_batch([[True] * 4]), net)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(calls) == 4  # each encoder once: teacher and students share its features
+
+
+def test_warmup_trains_only_the_unimodal_decoder(net):
+    objective = build_objective("passion", num_modalities=4, num_classes=4, warmup_epochs=1)
+    net.zero_grad(set_to_none=True)
+    result = objective(_batch([[True, True, False, True]]), net)
+    result.loss.backward()
+    assert set(result.terms) == {"sep"}
+    assert all(p.grad is None for p in net.decoder.parameters())
+
+
+def test_seeded_step_is_reproducible():
+    def one_step():
+        torch.manual_seed(123)
+        net = pk.build_backbone("rfnet", patch_size=SIZE)
+        objective = build_objective("passion", num_modalities=4, num_classes=4)
+        opt = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=1e-4, amsgrad=True)
+        loss = objective(_batch([[True, True, False, True]]), net).loss
+        loss.backward()
+        opt.step()
+        return loss.item(), torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    (l1, p1), (l2, p2) = one_step(), one_step()
+    assert l1 == l2
+    assert torch.equal(p1, p2)
+
+
+def test_bad_batches_are_named(net):
+    objective = build_objective("passion", num_modalities=4, num_classes=4)
+    batch = _batch([[True] * 4])
+    with pytest.raises(ValueError, match="batch is missing keys"):
+        objective({"image": batch["image"]}, net)
+    with pytest.raises(ValueError, match="no available modality"):
+        objective({**batch, "mask": torch.zeros(1, 4, dtype=torch.bool)}, net)
+    with pytest.raises(ValueError, match="label values"):
+        objective({**batch, "label": batch["label"] + 4}, net)
+    with pytest.raises(ValueError, match="unknown objective"):
+        build_objective("ogm", num_modalities=4, num_classes=4)
