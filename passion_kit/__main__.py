@@ -1,0 +1,120 @@
+"""Command line: ``python -m passion_kit <command>``.
+
+Commands:
+    info        versions, device and data root.
+    quickstart  a few PASSION training steps on CPU with RFNet on a built-in toy volume,
+                printing each modality's distance to the teacher, gate and beta.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+__all__ = ["main"]
+
+
+def _info(_: argparse.Namespace) -> int:
+    import monai
+    import numpy
+    import torch
+
+    import passion_kit
+
+    cuda = torch.cuda.is_available()
+    print(f"passion-kit {passion_kit.__version__}")
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"monai {monai.__version__}, numpy {numpy.__version__}"
+    )
+    print(
+        f"device: {'cuda (' + torch.cuda.get_device_name(0) + ')' if cuda else 'cpu'}, "
+        f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
+    )
+    print(f"data root: {os.environ.get('PASSION_KIT_DATA', './data')}")
+    print(f"backbones: {', '.join(passion_kit.available_backbones())}")
+    return 0
+
+
+def _toy_batch(size: int, masks: list[list[bool]]):
+    """Spheres of three tumour regions seen differently by four modalities (flair, t1c, t1, t2)."""
+    import torch
+
+    grid = torch.stack(torch.meshgrid(*[torch.arange(size)] * 3, indexing="ij")).float()
+    r = (grid - (size - 1) / 2).norm(dim=0) / size
+    label = torch.zeros(size, size, size, dtype=torch.long)
+    label[r < 0.35] = 2  # edema
+    label[r < 0.22] = 3  # enhancing
+    label[r < 0.12] = 1  # necrotic core
+    flair = (label > 0).float()
+    t1c = (label == 3).float() - 0.5 * (label == 1).float()
+    t1 = 0.1 * (label > 0).float()
+    t2 = (label == 2).float() + 0.7 * (label == 1).float()
+    g = torch.Generator().manual_seed(0)
+    image = torch.stack([flair, t1c, t1, t2]) + 0.3 * torch.randn(4, size, size, size, generator=g)
+    mask = torch.tensor(masks, dtype=torch.bool)
+    b = mask.shape[0]
+    return {
+        "image": image.expand(b, -1, -1, -1, -1) * mask[:, :, None, None, None],
+        "label": label.expand(b, -1, -1, -1),
+        "mask": mask,
+    }
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    import torch
+
+    import passion_kit as pk
+    from passion_kit.data.modalities import BRATS
+
+    torch.manual_seed(args.seed)
+    net = pk.build_backbone("rfnet", patch_size=args.patch_size)
+    objective = pk.objectives.build_objective("passion", num_modalities=4, num_classes=4)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=1e-4, amsgrad=True)
+    masks = [BRATS.mask(i) for i in (14, 12, 10, 9)]  # all, flair+t1c+t2, flair+t1c+t1, flair+t1c
+    print(
+        f"RFNet ({sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters), "
+        f"PASSION, {args.epochs} epochs of {len(masks)} steps on a {args.patch_size}^3 toy volume"
+    )
+    header = "epoch  loss   " + "  ".join(
+        f"{'D_' + m:>8} {'beta_' + m:>10}" for m in BRATS.modalities
+    )
+    print(header)
+    start = time.perf_counter()
+    for epoch in range(args.epochs):
+        losses = []
+        for mask in masks:
+            optimizer.zero_grad(set_to_none=True)
+            result = objective(_toy_batch(args.patch_size, [mask]), net)
+            result.loss.backward()
+            optimizer.step()
+            losses.append(result.loss.item())
+        record = objective.end_epoch()
+        cells = "  ".join(
+            f"{d:>8.4f} {b:>10.3f}" for d, b in zip(record["distance"], record["beta"], strict=True)
+        )
+        print(f"{epoch:>5}  {sum(losses) / len(losses):.3f}  {cells}")
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m passion_kit", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, device and data root").set_defaults(func=_info)
+    quick = sub.add_parser("quickstart", help="a few PASSION steps on a toy volume (CPU)")
+    quick.add_argument("--epochs", type=int, default=3)
+    quick.add_argument("--patch-size", type=int, default=32)
+    quick.add_argument("--seed", type=int, default=0)
+    quick.set_defaults(func=_quickstart)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
