@@ -119,6 +119,16 @@ def _clamped_soft(logits: torch.Tensor, temperature: float, size) -> torch.Tenso
     return p.clamp(PROB_CLAMP, 1.0)
 
 
+def _students_per_teacher(student: torch.Tensor, teacher: torch.Tensor, names) -> int:
+    """S when the teacher has one row per sample and the student S rows per sample."""
+    if student.shape[1:] != teacher.shape[1:] or student.shape[0] % teacher.shape[0]:
+        raise ValueError(
+            f"{names[0]} {tuple(student.shape)} must have the shape of {names[1]} "
+            f"{tuple(teacher.shape)}, with a batch size that is a multiple of it"
+        )
+    return student.shape[0] // teacher.shape[0]
+
+
 def temperature_kl(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -133,16 +143,25 @@ def temperature_kl(
     voxels (so it is 1/K of the usual per-voxel KL), exactly as the official code.
     The teacher is detached here: gradient reaches only the student.
 
+    ``teacher_logits`` may have B rows for ``student_logits``' B * S rows (S students per
+    sample, row r of the student against teacher row r // S): the teacher side is then
+    computed once per sample.
+
     Returns:
-        (B,) loss per sample.
+        (B * S,) loss per student row.
     """
-    _check_pair(student_logits, teacher_logits, ("student_logits", "teacher_logits"))
+    rows = _students_per_teacher(
+        student_logits, teacher_logits, ("student_logits", "teacher_logits")
+    )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     p_s = _clamped_soft(student_logits, temperature, size)
     p_t = _clamped_soft(teacher_logits.detach(), temperature, size)
-    kl = p_t * (torch.log(p_t) - torch.log(p_s))
-    return temperature**2 * kl.flatten(1).mean(1)
+    b = p_t.shape[0]
+    log_s = torch.log(p_s).view(b, rows, -1)
+    p_t = p_t.reshape(b, 1, -1)
+    kl = (p_t * torch.log(p_t)).mean(-1) - (p_t * log_s).mean(-1)  # (B, S)
+    return temperature**2 * kl.reshape(-1)
 
 
 def pixel_distillation(
@@ -154,8 +173,10 @@ def pixel_distillation(
 ) -> torch.Tensor:
     """``L_pix = KL_T(P^m <- P) + sum_l 2^-l KL_T(Up(Q_l^m) <- Up(Q_l))`` (spec C.4).
 
+    The teacher may have one row per sample for S student rows (see :func:`temperature_kl`).
+
     Returns:
-        (B,) loss per sample.
+        (B * S,) loss per student row.
     """
     size = student_logits.shape[2:]
     total = temperature_kl(student_logits, teacher_logits, temperature)
@@ -177,39 +198,43 @@ def prototype_distillation(
     ``S_k(v) = cos(f(v), mu_k)`` (eps 1e-5) are computed for the student and the
     (detached) teacher features.
 
+    ``teacher_features`` and ``target_onehot`` may have B rows for the student's B * S
+    (S students per sample, row r against sample r // S); the teacher's maps are then
+    computed once per sample.
+
     Returns:
-        ``(loss, distance)``, each (B,): ``mean_{k,v} (S_k^s - S_k^t)^2`` with gradient to the
-        student only, and the detached ``mean_{k,v} |S_k^s - S_k^t|`` (the distance D that
-        drives the relative preference). Both are 0 when no class is present in every
-        sample (impossible when background is present).
+        ``(loss, distance)``, each (B * S,): ``mean_{k,v} (S_k^s - S_k^t)^2`` with gradient to
+        the student only, and the detached ``mean_{k,v} |S_k^s - S_k^t|`` (the distance D
+        that drives the relative preference). Both are 0 when no class is present in
+        every sample (impossible when background is present).
     """
-    _check_pair(student_features, teacher_features, ("student_features", "teacher_features"))
-    if target_onehot.shape[0] != student_features.shape[0] or (
-        target_onehot.shape[2:] != student_features.shape[2:]
-    ):
+    rows = _students_per_teacher(
+        student_features, teacher_features, ("student_features", "teacher_features")
+    )
+    b = teacher_features.shape[0]
+    if target_onehot.shape[0] != b or target_onehot.shape[2:] != student_features.shape[2:]:
         raise ValueError(
-            f"target_onehot {tuple(target_onehot.shape)} does not match the features "
-            f"{tuple(student_features.shape)} in batch size and spatial shape"
+            f"target_onehot {tuple(target_onehot.shape)} does not match the teacher features "
+            f"{tuple(teacher_features.shape)} in batch size and spatial shape"
         )
-    b = student_features.shape[0]
     y = target_onehot.to(student_features.dtype).flatten(2)  # (B, K, V)
     counts = y.sum(-1)  # (B, K)
     present = (counts > 0).all(0)  # classes present in every sample of the batch
     if not bool(present.any()):
-        zero = student_features.new_zeros(b)
+        zero = student_features.new_zeros(b * rows)
         return zero, zero
     y = y[:, present]
     counts = counts[:, present]
     eps = 1e-5
 
     def similarity(f: torch.Tensor) -> torch.Tensor:
-        f = f.flatten(2)  # (B, C, V)
-        proto = torch.einsum("bcv,bkv->bkc", f, y) / (counts.unsqueeze(-1) + eps)
-        f_unit = f / f.norm(dim=1, keepdim=True).clamp_min(eps)
+        f = f.reshape(b, -1, f.shape[1], y.shape[-1])  # (B, S, C, V)
+        proto = torch.einsum("bscv,bkv->bskc", f, y) / (counts[:, None, :, None] + eps)
+        f_unit = f / f.norm(dim=2, keepdim=True).clamp_min(eps)
         p_unit = proto / proto.norm(dim=-1, keepdim=True).clamp_min(eps)
-        return torch.einsum("bcv,bkc->bkv", f_unit, p_unit)  # (B, K_b, V)
+        return torch.einsum("bscv,bskc->bskv", f_unit, p_unit)  # (B, S, K_b, V)
 
     diff = similarity(student_features) - similarity(teacher_features.detach())
-    loss = diff.pow(2).flatten(1).mean(1)
-    distance = diff.detach().abs().flatten(1).mean(1)
+    loss = diff.pow(2).flatten(2).mean(-1).reshape(-1)
+    distance = diff.detach().abs().flatten(2).mean(-1).reshape(-1)
     return loss, distance

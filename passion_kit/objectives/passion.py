@@ -251,9 +251,9 @@ class PassionObjective:
         s = len(mods)
 
         def split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Student rows (B * S, ...) and teacher rows (B, ...) of a fused output."""
             t = t.float().view(b, rows, *t.shape[1:])
-            teacher = t[:, :1].expand(b, s, *t.shape[2:]).flatten(0, 1)
-            return t[:, 1:].flatten(0, 1), teacher
+            return t[:, 1:].flatten(0, 1), t[:, 0]
 
         s_logits, t_logits = split(out.logits)
         deep = [split(d) for d in out.deep]
@@ -261,7 +261,7 @@ class PassionObjective:
         pix = pixel_distillation(
             s_logits, [d[0] for d in deep], t_logits, [d[1] for d in deep], self.temperature
         )
-        proto, dist = prototype_distillation(s_feat, t_feat, y.repeat_interleave(s, 0))
+        proto, dist = prototype_distillation(s_feat, t_feat, y)
         # A student whose mask is the teacher's (single-modality sample) is the teacher:
         # its terms are exactly 0 (the official code computes them and gets 0).
         real = a & ~((mask.sum(1, keepdim=True) == 1) & mask)
