@@ -94,10 +94,13 @@ def write_case(root: str | os.PathLike, case: PreparedCase) -> Path:
     """
     img, lab = case.image, case.label
     if img.dtype != np.float32 or img.ndim != 4:
-        raise ValueError(f"{case.case_id}: image must be float32 (M, H, W, D), got {img.dtype} {img.shape}")
+        raise ValueError(
+            f"{case.case_id}: image must be float32 (M, H, W, D), got {img.dtype} {img.shape}"
+        )
     if lab.dtype != np.uint8 or lab.shape != img.shape[1:]:
         raise ValueError(
-            f"{case.case_id}: label must be uint8 of shape {img.shape[1:]}, got {lab.dtype} {lab.shape}"
+            f"{case.case_id}: label must be uint8 of shape {img.shape[1:]}, "
+            f"got {lab.dtype} {lab.shape}"
         )
     final = case_dir(root, case.case_id)
     if final.exists():

@@ -156,7 +156,9 @@ def rates_from_name(name: str, description: DatasetDescription = BRATS2020) -> d
 def rate_name(rates: Mapping[str, float], description: DatasetDescription = BRATS2020) -> str:
     """Inverse of :func:`rates_from_name` where every rate is a multiple of 0.1."""
     digits = [round(rates[m] * 10) for m in description.split_order]
-    if any(abs(d / 10 - rates[m]) > 1e-9 for d, m in zip(digits, description.split_order)):
+    if any(
+        abs(d / 10 - rates[m]) > 1e-9 for d, m in zip(digits, description.split_order, strict=True)
+    ):
         return "mr_" + "_".join(f"{m}{rates[m]:g}" for m in description.split_order)
     return "mr" + "".join(str(d) for d in digits)
 
@@ -310,7 +312,8 @@ def read_split(path: str | os.PathLike, modalities: ModalitySet) -> MissingRateS
         if len(row) != len(header):
             raise ValueError(f"{where}: expected {len(header)} columns, got {len(row)}")
         if fmt == "readable":
-            mask = tuple(_parse_bool(v, f"{where}, column {n!r}") for v, n in zip(row[2:], names))
+            cells = zip(row[2:], names, strict=True)
+            mask = tuple(_parse_bool(v, f"{where}, column {n!r}") for v, n in cells)
         else:
             items = _parse_list(row[2], f"{where}, column 'mask'")
             if len(items) != len(names):
