@@ -14,7 +14,17 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["CROP_MODES", "check_image", "crop_bounds", "map_labels", "zscore"]
+from passion_kit.data.prepared import PreparedCase
+
+__all__ = [
+    "CROP_MODES",
+    "check_image",
+    "crop_bounds",
+    "map_labels",
+    "prepare_volume",
+    "uncrop",
+    "zscore",
+]
 
 # "official": the RFNet/PASSION slice [min:max) with max the last non-zero index, which
 # drops that index on axes that are not widened (spec G.15). "inclusive" keeps it.
@@ -120,3 +130,53 @@ def check_image(array: np.ndarray, origin: str) -> None:
         raise ValueError(f"{origin}: image contains NaN or infinite values")
     if not np.any(array):
         raise ValueError(f"{origin}: image is empty (all voxels are zero)")
+
+
+def prepare_volume(
+    case_id: str,
+    volume: np.ndarray,
+    label: np.ndarray,
+    *,
+    dataset: str,
+    affine: np.ndarray,
+    crop_mode: str,
+    source_files: Mapping[str, str | None],
+) -> PreparedCase:
+    """Crop, z-score and package one multi-modal volume (spec A.4).
+
+    Args:
+        case_id: the prepared case id.
+        volume: (M, H, W, D) raw intensities in the dataset's channel order.
+        label: (H, W, D) class ids (already mapped).
+        dataset: dataset name recorded in ``meta.json``.
+        affine: the original NIfTI affine.
+        crop_mode: one of :data:`CROP_MODES`.
+        source_files: what was read, recorded in ``meta.json``.
+    """
+    bounds = crop_bounds(volume, mode=crop_mode)
+    sl = tuple(slice(a, b) for a, b in bounds)
+    image, stats = zscore(volume[(slice(None), *sl)])
+    meta = {
+        "case_id": case_id,
+        "dataset": dataset,
+        "source_files": dict(source_files),
+        "original_shape": list(label.shape),
+        "original_affine": np.asarray(affine, dtype=np.float64).tolist(),
+        "crop": {"start": [a for a, _ in bounds], "stop": [b for _, b in bounds]},
+        "crop_mode": crop_mode,
+        "normalization": stats,
+    }
+    return PreparedCase(case_id, image, np.ascontiguousarray(label[sl]), meta)
+
+
+def uncrop(array: np.ndarray, meta: Mapping, fill: float = 0) -> np.ndarray:
+    """Put a prepared-grid array (..., h, w, d) back into the original grid of ``meta``.
+
+    Use it to save a prediction as NIfTI with ``meta["original_affine"]``.
+    """
+    if not meta.get("crop") or not meta.get("original_shape"):
+        raise ValueError(f"case {meta.get('case_id')}: meta.json has no crop bounds to undo")
+    start, stop = meta["crop"]["start"], meta["crop"]["stop"]
+    out = np.full((*array.shape[:-3], *meta["original_shape"]), fill, dtype=array.dtype)
+    out[(..., *(slice(a, b) for a, b in zip(start, stop, strict=True)))] = array
+    return out
