@@ -31,7 +31,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from passion_kit.data.description import BRATS2020, DatasetDescription, save_description
@@ -41,7 +40,7 @@ from passion_kit.data.prepared import (
     read_case_ids,
     write_case_ids,
 )
-from passion_kit.data.preprocess import check_image, map_labels, prepare_volume
+from passion_kit.data.preprocess import check_image, load_nifti, map_labels, prepare_volume
 from passion_kit.data.splits import read_split, shipped, write_split
 
 __all__ = [
@@ -51,7 +50,6 @@ __all__ = [
     "brats2020_case_id",
     "find_brats_cases",
     "find_rfnet_cases",
-    "load_nifti",
     "prepare_brats2020",
 ]
 
@@ -133,15 +131,6 @@ def find_brats_cases(
     if dup:
         raise ValueError(f"{root}: case(s) found twice: {dup[:5]}")
     return sorted(sources, key=lambda s: s.case_id)
-
-
-def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``(array, affine)`` of a NIfTI file, with errors that name the file."""
-    try:
-        img = nib.load(str(path))
-        return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
-    except Exception as exc:  # nibabel raises many types for unreadable files
-        raise ValueError(f"{path}: cannot read NIfTI: {exc}") from exc
 
 
 def _prepare_brats(source: BratsSource) -> PreparedCase:

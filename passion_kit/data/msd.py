@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from passion_kit.data.brats import OFFICIAL_SPLITS, load_nifti
+from passion_kit.data.brats import OFFICIAL_SPLITS
 from passion_kit.data.description import MSD_TASK01, save_description
 from passion_kit.data.prepared import PreparedCase, prepare_all, read_case_ids, write_case_ids
-from passion_kit.data.preprocess import check_image, map_labels, prepare_volume
+from passion_kit.data.preprocess import check_image, load_nifti, map_labels, prepare_volume
 from passion_kit.data.splits import (
     generate_missing_rate_split,
     rates_from_name,

@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
+import nibabel as nib
 import numpy as np
 
 from passion_kit.data.prepared import PreparedCase
@@ -20,6 +22,7 @@ __all__ = [
     "CROP_MODES",
     "check_image",
     "crop_bounds",
+    "load_nifti",
     "map_labels",
     "prepare_volume",
     "uncrop",
@@ -180,3 +183,12 @@ def uncrop(array: np.ndarray, meta: Mapping, fill: float = 0) -> np.ndarray:
     out = np.full((*array.shape[:-3], *meta["original_shape"]), fill, dtype=array.dtype)
     out[(..., *(slice(a, b) for a, b in zip(start, stop, strict=True)))] = array
     return out
+
+
+def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(array, affine)`` of a NIfTI file, with errors that name the file."""
+    try:
+        img = nib.load(str(path))
+        return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # nibabel raises many types for unreadable files
+        raise ValueError(f"{path}: cannot read NIfTI: {exc}") from exc
