@@ -210,6 +210,9 @@ def generate_missing_rate_split(
     gets ``max(1, floor(N * prod q_j))`` consecutive rows (q_j = 1 - p_j if present);
     the leftover rows are all-missing; one shared permutation shuffles the rows; each
     all-missing row is redrawn (``rand(1) > p_j`` per modality) until one is present.
+    Because of the ``max(1, ...)``, patterns of probability 0 still get one case, and when
+    the counts add up to more than N the last patterns of the walk get fewer rows or
+    none (both as in the official code).
 
     Args:
         case_ids: the cases; they are sorted, as in the official script.
