@@ -170,6 +170,7 @@ def _prepare_brats(source: BratsSource) -> PreparedCase:
         affine=affine,
         crop_mode=source.crop_mode,
         source_files=source.files,
+        channel_sources=[str(source.files[m]) for m in source.modalities],
     )
 
 

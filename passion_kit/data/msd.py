@@ -174,6 +174,7 @@ def _prepare_msd(source: MsdSource) -> PreparedCase:
         affine=affine,
         crop_mode=source.crop_mode,
         source_files={"image": source.image, "label": source.label},
+        channel_sources=[f"{source.image} (channel {c}, {n})" for c, n, _, _ in MSD_CHANNEL_TABLE],
     )
 
 

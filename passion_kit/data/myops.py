@@ -130,7 +130,8 @@ def _prepare_myops(source: MyopsSource) -> PreparedCase:
             check_image(data, path)
         arrays.append(data)
     label = map_labels(arrays.pop(), MYOPS2020.label_mapping, str(source.files["label"]))
-    volume, stats = zscore(np.stack(arrays).astype(np.float32))
+    channels = [str(source.files[k]) for k in ("bssfp", "lge", "t2")]
+    volume, stats = zscore(np.stack(arrays).astype(np.float32), channels)
     z = source.slice_index
     start, stop = [0, 0, z], [shape[0], shape[1], z + 1]
     if source.crop is not None:

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -70,11 +70,14 @@ def crop_bounds(
     return tuple(bounds)
 
 
-def zscore(volume: np.ndarray) -> tuple[np.ndarray, dict[str, list[float]]]:
+def zscore(
+    volume: np.ndarray, sources: Sequence[str] | None = None
+) -> tuple[np.ndarray, dict[str, list[float]]]:
     """Z-score each modality with its brain-voxel statistics (spec A.4).
 
     Args:
         volume: (M, H, W, D) raw intensities, background 0.
+        sources: per-channel origin (file) named in errors; defaults to "modality <m>".
 
     Returns:
         The normalised float32 volume and ``{"mean", "std", "background"}`` per modality,
@@ -93,7 +96,8 @@ def zscore(volume: np.ndarray) -> tuple[np.ndarray, dict[str, list[float]]]:
         vals = volume[m][brain].astype(np.float64)
         mean, std = float(vals.mean()), float(vals.std())
         if not std > 0:
-            raise ValueError(f"modality {m} is constant inside the brain (std 0): empty image")
+            where = sources[m] if sources else f"modality {m}"
+            raise ValueError(f"{where}: constant inside the brain (std 0): empty image")
         out[m] = (volume[m] - mean) / std
         stats["mean"].append(mean)
         stats["std"].append(std)
@@ -144,6 +148,7 @@ def prepare_volume(
     affine: np.ndarray,
     crop_mode: str,
     source_files: Mapping[str, str | None],
+    channel_sources: Sequence[str] | None = None,
 ) -> PreparedCase:
     """Crop, z-score and package one multi-modal volume (spec A.4).
 
@@ -155,10 +160,11 @@ def prepare_volume(
         affine: the original NIfTI affine.
         crop_mode: one of :data:`CROP_MODES`.
         source_files: what was read, recorded in ``meta.json``.
+        channel_sources: per-channel origin named in errors.
     """
     bounds = crop_bounds(volume, mode=crop_mode)
     sl = tuple(slice(a, b) for a, b in bounds)
-    image, stats = zscore(volume[(slice(None), *sl)])
+    image, stats = zscore(volume[(slice(None), *sl)], channel_sources)
     meta = {
         "case_id": case_id,
         "dataset": dataset,

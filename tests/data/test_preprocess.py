@@ -61,8 +61,10 @@ def test_zscore_uses_brain_voxels_and_keeps_background_constant():
     assert np.isclose(stats["background"][0], -vol[0][brain].mean() / vol[0][brain].std())
     flat = vol.copy()
     flat[1, :2] = 5.0
-    with pytest.raises(ValueError, match="modality 1 is constant"):
+    with pytest.raises(ValueError, match="modality 1: constant"):
         zscore(flat)
+    with pytest.raises(ValueError, match="t1.nii: constant"):
+        zscore(flat, ["flair.nii", "t1.nii"])
 
 
 def test_map_labels():
