@@ -116,8 +116,6 @@ def find_msd_cases(
         FileNotFoundError: if the task folder is missing and ``download`` is False.
         ValueError: if its ``dataset.json`` does not describe the expected channels/labels.
     """
-    from monai.apps import DecathlonDataset  # heavy import, only needed here
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     if not download and not (root / MSD_TASK / "dataset.json").is_file():
@@ -125,6 +123,8 @@ def find_msd_cases(
             f"{root / MSD_TASK / 'dataset.json'}: not found; pass download=True (--download) "
             f"or point root at the folder holding {MSD_TASK}"
         )
+    from monai.apps import DecathlonDataset  # heavy import, only needed here
+
     ds = DecathlonDataset(
         root, MSD_TASK, "training", download=download, val_frac=0.0, cache_rate=0.0, progress=True
     )

@@ -34,9 +34,13 @@ def test_official_layout_end_to_end(make_brats_official, tmp_path):
     assert meta["crop"] == {"start": [0, 0, 0], "stop": list(BRATS_SHAPE)}
     stack = np.stack([images[s] for s in ("flair", "t1ce", "t1", "t2")])
     expected, stats = zscore(stack)
-    assert np.allclose(image, expected) and np.allclose(meta["normalization"]["mean"], stats["mean"])
+    assert np.allclose(image, expected) and np.allclose(
+        meta["normalization"]["mean"], stats["mean"]
+    )
     assert np.array_equal(label, np.where(raw_label == 4, 3, raw_label))
-    assert meta["original_shape"] == list(BRATS_SHAPE) and np.allclose(meta["original_affine"], np.eye(4))
+    assert meta["original_shape"] == list(BRATS_SHAPE) and np.allclose(
+        meta["original_affine"], np.eye(4)
+    )
     assert meta["source_files"]["t1c"].endswith("BraTS20_Training_001_t1ce.nii.gz")
     assert np.array_equal(uncrop(label, meta), np.where(raw_label == 4, 3, raw_label))
     # official case lists and missing-rate splits are written next to the cases
@@ -101,10 +105,19 @@ def _break_missing_label(folder):
 
 @pytest.mark.parametrize(
     "breaker",
-    [_break_missing_modality, _break_shape, _break_affine, _break_label_values, _break_nan,
-     _break_empty, _break_missing_label],  # fmt: skip
+    [
+        _break_missing_modality,
+        _break_shape,
+        _break_affine,
+        _break_label_values,
+        _break_nan,
+        _break_empty,
+        _break_missing_label,
+    ],  # fmt: skip
 )
-def test_bad_inputs_fail_clearly_and_leave_nothing_half_written(make_brats_official, tmp_path, breaker):
+def test_bad_inputs_fail_clearly_and_leave_nothing_half_written(
+    make_brats_official, tmp_path, breaker
+):
     raw = make_brats_official((1, 2))
     out = tmp_path / "prepared"
     prepare_brats2020(out, raw_root=raw, progress=False)  # case 1 and 2 prepared

@@ -96,7 +96,9 @@ def test_seeding_makes_samples_reproducible(phantom_root):
 
 
 def test_workers_do_not_repeat_each_other(phantom_root):
-    ds = PreparedDataset(phantom_root, ["phantom_0000"] * 1, setting="pdt", augment=TrainAugment(12))
+    ds = PreparedDataset(
+        phantom_root, ["phantom_0000"] * 1, setting="pdt", augment=TrainAugment(12)
+    )
     loader = DataLoader(torch.utils.data.ConcatDataset([ds] * 4), batch_size=1, num_workers=2)
     torch.manual_seed(0)
     images = [b["image"] for b in loader]

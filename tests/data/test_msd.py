@@ -42,7 +42,12 @@ def _write_task(root: Path, n: int = 3) -> Path:
         "release": "2.0 04/05/2018",
         "tensorImageSize": "4D",
         "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
-        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+        "labels": {
+            "0": "background",
+            "1": "edema",
+            "2": "non-enhancing tumor",
+            "3": "enhancing tumour",
+        },
         "numTraining": n,
         "numTest": 0,
         "training": training,

@@ -17,7 +17,10 @@ AFFINE = np.diag([0.73, 0.73, 14.0, 1.0])
 
 def _arrays(seed: int):
     rng = np.random.default_rng(seed)
-    images = {s: rng.uniform(1, 100, SHAPE).astype(np.float32) * (i + 1) for i, s in enumerate(("C0", "DE", "T2"))}
+    images = {
+        s: rng.uniform(1, 100, SHAPE).astype(np.float32) * (i + 1)
+        for i, s in enumerate(("C0", "DE", "T2"))
+    }
     gd = np.zeros(SHAPE, dtype=np.int16)
     c = (SHAPE[0] // 2, SHAPE[1] // 2)
     gd[c[0] - 20 : c[0] + 20, c[1] - 20 : c[1] + 20] = 200  # myocardium
@@ -79,7 +82,9 @@ def test_per_case_folder_layout_and_resume(tmp_path):
     for s, img in images.items():
         save_nifti(folder / f"myops_training_103_{s}.nii.gz", img, AFFINE)
     save_nifti(folder / "myops_training_103_gd.nii.gz", gd, AFFINE)
-    assert [s.case_id for s in find_myops_cases(raw)] == [f"myops_training_103_slice_{z}" for z in range(3)]
+    assert [s.case_id for s in find_myops_cases(raw)] == [
+        f"myops_training_103_slice_{z}" for z in range(3)
+    ]
     out = tmp_path / "prepared"
     prepare_myops2020(out, raw_root=raw, progress=False, workers=2)
     before = tree_state(out / "cases")
@@ -105,6 +110,8 @@ def test_bad_myops_inputs(tmp_path):
     small = tmp_path / "small"
     img = np.random.default_rng(0).uniform(1, 2, (200, 200, 2)).astype(np.float32)
     for s in ("C0", "DE", "T2", "gd"):
-        save_nifti(small / f"myops_training_110_{s}.nii.gz", img if s != "gd" else np.zeros_like(img))
+        save_nifti(
+            small / f"myops_training_110_{s}.nii.gz", img if s != "gd" else np.zeros_like(img)
+        )
     with pytest.raises(PreparationError, match="smaller than the 256 crop"):
         prepare_myops2020(tmp_path / "o2", raw_root=small, progress=False)

@@ -46,7 +46,10 @@ def design_table():
 def test_phantom_meets_its_design_targets(design_table):
     assert phantom.design_target_failures(design_table) == []
     t = design_table
-    assert max(t, key=lambda m: t[m]["WT"]) in ("flair", "t2") and max(v["WT"] for v in t.values()) >= 0.7
+    assert (
+        max(t, key=lambda m: t[m]["WT"]) in ("flair", "t2")
+        and max(v["WT"] for v in t.values()) >= 0.7
+    )
     assert max(t, key=lambda m: t[m]["ET"]) == "t1c" and t["t1c"]["ET"] >= 0.7
     assert t["t1c"]["TC"] - max(t[m]["TC"] for m in ("flair", "t1", "t2")) >= 0.15
     assert all(v < 0.5 for v in t["t1"].values())
@@ -76,11 +79,16 @@ def test_make_phantom_writes_the_prepared_format(phantom_root):
     expected, _ = phantom.generate_case(0, size=24, seed=3)
     assert np.array_equal(image, expected)
     assert np.allclose(meta["normalization"]["background"], image.min(axis=(1, 2, 3)))
-    parts = {n: (phantom_root / "splits" / f"{n}.txt").read_text().split() for n in ("train", "val", "test")}
+    parts = {
+        n: (phantom_root / "splits" / f"{n}.txt").read_text().split()
+        for n in ("train", "val", "test")
+    }
     assert [len(p) for p in parts.values()] == [6, 1, 3]
     assert sorted(sum(parts.values(), [])) == ids
     for name in phantom.PHANTOM_RATE_SPLITS:
-        split = read_split(phantom_root / "splits" / "missing_rates" / f"{name}.csv", desc.modalities)
+        split = read_split(
+            phantom_root / "splits" / "missing_rates" / f"{name}.csv", desc.modalities
+        )
         assert list(split.case_ids) == parts["train"]
 
 

@@ -105,7 +105,9 @@ def test_write_case_is_atomic_and_never_overwrites(tmp_path):
     with pytest.raises(FileExistsError):
         write_case(tmp_path, _case("a"))
     with pytest.raises(ValueError, match="float32"):
-        write_case(tmp_path, PreparedCase("b", np.ones((3, 3, 3)), np.zeros((3, 3, 3), np.uint8), {}))
+        write_case(
+            tmp_path, PreparedCase("b", np.ones((3, 3, 3)), np.zeros((3, 3, 3), np.uint8), {})
+        )
     assert list_cases(tmp_path) == ["a"]
     assert [p.name for p in (tmp_path / "cases").iterdir()] == ["a"]
 

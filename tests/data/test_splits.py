@@ -119,7 +119,9 @@ def test_shipped_myops_splits_share_rows_per_patient():
             splits.shipped(f"myops2020/MyoPS2020_longtail_split_{digits}.csv"), MYOPS2020.modalities
         )
         assert list(s.case_ids) == train
-        for _, rows in itertools.groupby(zip(s.case_ids, s.masks), lambda r: splits.patient_of(r[0])):
+        for _, rows in itertools.groupby(
+            zip(s.case_ids, s.masks, strict=True), lambda r: splits.patient_of(r[0])
+        ):
             assert len({m for _, m in rows}) == 1
     assert splits.read_split(
         splits.shipped("myops2020/MyoPS2020_longtail_split_357.csv"), MYOPS2020.modalities
@@ -200,7 +202,9 @@ def test_summary_and_case_list_check(train_ids):
 
 
 def test_mask_of_and_errors():
-    s = splits.MissingRateSplit(BRATS2020.modalities, ("a", "b"), ((True,) * 4, (False, True, False, False)))
+    s = splits.MissingRateSplit(
+        BRATS2020.modalities, ("a", "b"), ((True,) * 4, (False, True, False, False))
+    )
     assert s.mask_of("b") == (False, True, False, False)
     assert s.mask_ids() == [14, 1]
     with pytest.raises(KeyError, match="'c'"):

@@ -119,6 +119,8 @@ def test_augment_for_slices_stays_in_plane():
     assert aug.rotation_planes == ((1, 0),) and aug.flip_axes == (0, 1)
     image = np.random.default_rng(0).standard_normal((3, 32, 32, 1)).astype(np.float32)
     label = np.zeros((32, 32, 1), np.uint8)
-    img, lab = augment_for(MYOPS2020, (32, 32, 1))(image, label, np.random.default_rng(0), [0.0] * 3)
+    img, lab = augment_for(MYOPS2020, (32, 32, 1))(
+        image, label, np.random.default_rng(0), [0.0] * 3
+    )
     assert img.shape == (3, 32, 32, 1) and lab.shape == (32, 32, 1)
     assert augment_for(BRATS2020, 80, jitter="channel").rotation_planes == ((1, 0), (2, 1), (2, 0))
