@@ -57,6 +57,7 @@ __all__ = [
 BRATS_FILE_SUFFIX = {"flair": "flair", "t1c": "t1ce", "t1": "t1", "t2": "t2"}
 _NII = (".nii.gz", ".nii")
 _BRATS20 = re.compile(r"^BraTS20_Training_(\d{3})$")
+_UNLABELLED = re.compile(r"_(Validation|Testing)_\d+$")  # challenge sets without labels
 OFFICIAL_SPLITS = ("mr1379", "mr2258", "mr2285", "mr2468", "mr5528", "mr5582", "mr8825", "mr8852")
 
 
@@ -94,7 +95,8 @@ def find_brats_cases(
 ) -> list[BratsSource]:
     """Every BraTS case folder under ``raw_root`` (official or Kaggle layout), sorted by id.
 
-    A case folder is one that holds ``<folder>_flair.nii[.gz]`` or any other modality.
+    A case folder is one that holds ``<folder>_flair.nii[.gz]`` or any other modality;
+    the unlabelled challenge sets (``*_Validation_XXX``, ``*_Testing_XXX``) are skipped.
 
     Raises:
         FileNotFoundError: if ``raw_root`` does not exist or holds no case folder.
@@ -107,6 +109,8 @@ def find_brats_cases(
     for dirpath, _, filenames in os.walk(root):
         folder = Path(dirpath)
         names = set(filenames)
+        if _UNLABELLED.search(folder.name):
+            continue
         if not any(f"{folder.name}_{s}{e}" in names for s in stems for e in _NII):
             continue
         files: dict[str, str | None] = {}

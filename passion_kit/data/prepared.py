@@ -63,6 +63,12 @@ class PreparedCase:
     meta: dict[str, Any]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, *, newline: str | None = None) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder, then rename.
 
@@ -74,6 +80,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, newline: str | None
     try:
         with os.fdopen(fd, "w", newline=newline) as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -108,6 +115,7 @@ def write_case(root: str | os.PathLike, case: PreparedCase) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{case.case_id}-", dir=final.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual mode
         np.save(tmp / "image.npy", np.ascontiguousarray(img))
         np.save(tmp / "label.npy", np.ascontiguousarray(lab))
         (tmp / "meta.json").write_text(json.dumps(case.meta, indent=1) + "\n")

@@ -54,7 +54,10 @@ def test_kaggle_layout_with_uncompressed_files_and_misnamed_label(tmp_path):
     write_brats_case(root, 1, ext=".nii")
     write_brats_case(root, 355, ext=".nii", seg_name="W39_1998.09.19_Segm.nii")
     (root / "survival_info.csv").write_text("Brats20ID\n")
-    sources = find_brats_cases(tmp_path)
+    val = tmp_path / "BraTS2020_ValidationData" / "MICCAI_BraTS2020_ValidationData"
+    images, _ = brats_arrays(0)
+    save_nifti(val / "BraTS20_Validation_001" / "BraTS20_Validation_001_flair.nii", images["flair"])
+    sources = find_brats_cases(tmp_path)  # the unlabelled validation set is skipped
     assert [s.case_id for s in sources] == ["HG_BraTS20_Training_001", "HG_BraTS20_Training_355"]
     assert sources[1].files["label"].endswith("W39_1998.09.19_Segm.nii")
     out = tmp_path / "prepared"

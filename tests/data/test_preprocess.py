@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
 from passion_kit.data.prepared import (
     PreparationError,
     PreparedCase,
+    atomic_write_text,
     list_cases,
     prepare_all,
     read_case,
@@ -96,6 +100,18 @@ def _source_fn(cid: str) -> PreparedCase:
     if cid.startswith("bad"):
         raise ValueError(f"/raw/{cid}_t1.nii.gz: something is wrong")
     return _case(cid)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_case(tmp_path, _case("a"))
+        atomic_write_text(tmp_path / "x.txt", "hi\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "cases" / "a").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o644
+    assert (tmp_path / "x.txt").read_text() == "hi\n"
 
 
 def test_write_case_is_atomic_and_never_overwrites(tmp_path):

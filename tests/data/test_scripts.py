@@ -38,7 +38,9 @@ def test_named_rates_write_the_official_mr2468(train_txt, tmp_path, capsys):
     out = tmp_path / "split.csv"
     argv = ["--cases", str(train_txt), "--missing-rates", "flair=0.6,t1c=0.4,t1=0.2,t2=0.8"]
     assert make([*argv, "--seed", "1037", "--out", str(out)]) == 0
-    published = read_split(shipped("brats2020/Brats2020_imb_split_mr2468.csv"), BRATS2020.modalities)
+    published = read_split(
+        shipped("brats2020/Brats2020_imb_split_mr2468.csv"), BRATS2020.modalities
+    )
     assert read_split(out, BRATS2020.modalities) == published
     assert "flair          90" in capsys.readouterr().out
     before = out.read_bytes()
