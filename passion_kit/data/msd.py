@@ -118,16 +118,21 @@ def find_msd_cases(
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    if not download and not (root / MSD_TASK / "dataset.json").is_file():
+    if download:  # skipped when the tarball is there with the right md5; then extracted once
+        from monai.apps import DecathlonDataset, download_and_extract
+
+        url = DecathlonDataset.resource[MSD_TASK]
+        download_and_extract(
+            url, root / f"{MSD_TASK}.tar", root, hash_val=MSD_MD5, hash_type="md5", progress=True
+        )
+    if not (root / MSD_TASK / "dataset.json").is_file():
         raise FileNotFoundError(
             f"{root / MSD_TASK / 'dataset.json'}: not found; pass download=True (--download) "
             f"or point root at the folder holding {MSD_TASK}"
         )
     from monai.apps import DecathlonDataset  # heavy import, only needed here
 
-    ds = DecathlonDataset(
-        root, MSD_TASK, "training", download=download, val_frac=0.0, cache_rate=0.0, progress=True
-    )
+    ds = DecathlonDataset(root, MSD_TASK, "training", val_frac=0.0, cache_rate=0.0, progress=False)
     props = ds.get_properties(["modality", "labels"])
     origin = root / MSD_TASK / "dataset.json"
     modality = {int(k): str(v) for k, v in props["modality"].items()}

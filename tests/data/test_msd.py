@@ -119,3 +119,20 @@ def test_bad_msd_inputs(tmp_path):
     (task / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="'modality'"):
         msd.find_msd_cases(tmp_path / "raw")
+
+
+def test_download_goes_through_monai_with_the_md5(tmp_path, monkeypatch):
+    import monai.apps
+
+    calls = []
+
+    def fake_download(url, filepath, output_dir, hash_val, hash_type, progress):
+        calls.append((url, Path(filepath).name, hash_val, hash_type))
+        _write_task(Path(output_dir), n=1)
+
+    monkeypatch.setattr(monai.apps, "download_and_extract", fake_download)
+    sources = msd.find_msd_cases(tmp_path, download=True)
+    assert [s.case_id for s in sources] == ["BRATS_001"]
+    url, name, md5, kind = calls[0]
+    assert url.endswith("Task01_BrainTumour.tar") and name == "Task01_BrainTumour.tar"
+    assert (md5, kind) == ("240a19d752f0d9e9101544901065d872", "md5")
