@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from data_helpers import BRATS_SHAPE, brats_arrays, save_nifti, tree_state, write_brats_case
+
+from passion_kit.data.brats import brats2020_case_id, find_brats_cases, prepare_brats2020
+from passion_kit.data.description import BRATS2020, load_description
+from passion_kit.data.prepared import PreparationError, list_cases, read_case
+from passion_kit.data.preprocess import uncrop, zscore
+from passion_kit.data.splits import read_split
+
+
+def test_case_ids_follow_the_rfnet_naming():
+    assert brats2020_case_id("BraTS20_Training_001") == "HG_BraTS20_Training_001"
+    assert brats2020_case_id("BraTS20_Training_259") == "HG_BraTS20_Training_259"
+    assert brats2020_case_id("BraTS20_Training_260") == "LG_BraTS20_Training_260"
+    assert brats2020_case_id("BraTS20_Training_335") == "LG_BraTS20_Training_335"
+    assert brats2020_case_id("BraTS20_Training_336") == "HG_BraTS20_Training_336"
+    assert brats2020_case_id("other_case") == "other_case"
+
+
+def test_official_layout_end_to_end(make_brats_official, tmp_path):
+    raw = make_brats_official((1, 2, 300))
+    out = tmp_path / "prepared"
+    done = prepare_brats2020(out, raw_root=raw, progress=False)
+    assert done == ["HG_BraTS20_Training_001", "HG_BraTS20_Training_002", "LG_BraTS20_Training_300"]
+    assert load_description(out) == BRATS2020
+    image, label, meta = read_case(out, "HG_BraTS20_Training_001")
+    images, raw_label = brats_arrays(1)
+    # channel order [FLAIR, T1c, T1, T2]; tiny volumes are widened past their size -> whole
+    assert meta["crop"] == {"start": [0, 0, 0], "stop": list(BRATS_SHAPE)}
+    stack = np.stack([images[s] for s in ("flair", "t1ce", "t1", "t2")])
+    expected, stats = zscore(stack)
+    assert np.allclose(image, expected) and np.allclose(
+        meta["normalization"]["mean"], stats["mean"]
+    )
+    assert np.array_equal(label, np.where(raw_label == 4, 3, raw_label))
+    assert meta["original_shape"] == list(BRATS_SHAPE) and np.allclose(
+        meta["original_affine"], np.eye(4)
+    )
+    assert meta["source_files"]["t1c"].endswith("BraTS20_Training_001_t1ce.nii.gz")
+    assert np.array_equal(uncrop(label, meta), np.where(raw_label == 4, 3, raw_label))
+    # official case lists and missing-rate splits are written next to the cases
+    assert len((out / "splits" / "train.txt").read_text().split()) == 219
+    split = read_split(out / "splits" / "missing_rates" / "mr2468.csv", BRATS2020.modalities)
+    assert split.availability_counts() == {"flair": 90, "t1c": 135, "t1": 184, "t2": 43}
+
+
+def test_kaggle_layout_with_uncompressed_files_and_misnamed_label(tmp_path):
+    root = tmp_path / "BraTS2020_TrainingData" / "MICCAI_BraTS2020_TrainingData"
+    write_brats_case(root, 1, ext=".nii")
+    write_brats_case(root, 355, ext=".nii", seg_name="W39_1998.09.19_Segm.nii")
+    (root / "survival_info.csv").write_text("Brats20ID\n")
+    val = tmp_path / "BraTS2020_ValidationData" / "MICCAI_BraTS2020_ValidationData"
+    images, _ = brats_arrays(0)
+    save_nifti(val / "BraTS20_Validation_001" / "BraTS20_Validation_001_flair.nii", images["flair"])
+    sources = find_brats_cases(tmp_path)  # the unlabelled validation set is skipped
+    assert [s.case_id for s in sources] == ["HG_BraTS20_Training_001", "HG_BraTS20_Training_355"]
+    assert sources[1].files["label"].endswith("W39_1998.09.19_Segm.nii")
+    out = tmp_path / "prepared"
+    prepare_brats2020(out, raw_root=tmp_path, progress=False)
+    _, label, _ = read_case(out, "HG_BraTS20_Training_355")
+    assert set(np.unique(label)) == {0, 1, 2, 3}
+
+
+def _break_missing_modality(folder):
+    (folder / f"{folder.name}_t2.nii.gz").unlink()
+    return "missing modality file for t2"
+
+
+def _break_shape(folder):
+    save_nifti(folder / f"{folder.name}_t1.nii.gz", np.ones((20, 18, 13), np.float32))
+    return r"t1.nii.gz: shape \(20, 18, 13\) differs from .*flair.nii.gz"
+
+
+def _break_affine(folder):
+    images, _ = brats_arrays(0)
+    save_nifti(folder / f"{folder.name}_t1ce.nii.gz", images["t1ce"], np.diag([2.0, 1, 1, 1]))
+    return "t1ce.nii.gz: affine differs"
+
+
+def _break_label_values(folder):
+    _, label = brats_arrays(0)
+    label[0, 0, 0] = 3
+    save_nifti(folder / f"{folder.name}_seg.nii.gz", label)
+    return r"seg.nii.gz: unexpected label values \[3\]"
+
+
+def _break_nan(folder):
+    images, _ = brats_arrays(0)
+    images["flair"][5, 5, 5] = np.nan
+    save_nifti(folder / f"{folder.name}_flair.nii.gz", images["flair"])
+    return "flair.nii.gz: image contains NaN"
+
+
+def _break_empty(folder):
+    save_nifti(folder / f"{folder.name}_t2.nii.gz", np.zeros(BRATS_SHAPE, np.float32))
+    return r"t2.nii.gz: image is empty"
+
+
+def _break_missing_label(folder):
+    (folder / f"{folder.name}_seg.nii.gz").unlink()
+    return "missing label file"
+
+
+@pytest.mark.parametrize(
+    "breaker",
+    [
+        _break_missing_modality,
+        _break_shape,
+        _break_affine,
+        _break_label_values,
+        _break_nan,
+        _break_empty,
+        _break_missing_label,
+    ],  # fmt: skip
+)
+def test_bad_inputs_fail_clearly_and_leave_nothing_half_written(
+    make_brats_official, tmp_path, breaker
+):
+    raw = make_brats_official((1, 2))
+    out = tmp_path / "prepared"
+    prepare_brats2020(out, raw_root=raw, progress=False)  # case 1 and 2 prepared
+    before = tree_state(out / "cases")
+    bad = write_brats_case(raw, 7)
+    pattern = breaker(bad)
+    write_brats_case(raw, 8)
+    with pytest.raises(PreparationError, match=pattern) as err:
+        prepare_brats2020(out, raw_root=raw, progress=False)
+    assert "HG_BraTS20_Training_007" in str(err.value)
+    # the good new case is prepared, the bad one left nothing, old cases untouched
+    assert list_cases(out) == [
+        "HG_BraTS20_Training_001", "HG_BraTS20_Training_002", "HG_BraTS20_Training_008",
+    ]  # fmt: skip
+    assert sorted(p.name for p in (out / "cases").iterdir()) == list_cases(out)
+    after = tree_state(out / "cases")
+    assert {k: v for k, v in after.items() if k in before} == before
+
+
+def test_rerun_is_resumable_and_touches_nothing(make_brats_official, tmp_path):
+    raw = make_brats_official((1, 2))
+    out = tmp_path / "prepared"
+    prepare_brats2020(out, raw_root=raw, progress=False, workers=2)
+    before = tree_state(out / "cases")
+    assert prepare_brats2020(out, raw_root=raw, progress=False) == []
+    assert tree_state(out / "cases") == before
+
+
+def test_missing_raw_folder_and_empty_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        find_brats_cases(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no BraTS case folder"):
+        find_brats_cases(tmp_path)
+    with pytest.raises(ValueError, match="exactly one"):
+        prepare_brats2020(tmp_path / "o")
+
+
+def test_rfnet_npy_layout_is_imported(tmp_path):
+    src = tmp_path / "BRATS2020_Training_none_npy"
+    (src / "vol").mkdir(parents=True)
+    (src / "seg").mkdir()
+    rng = np.random.default_rng(0)
+    vol = rng.standard_normal((10, 9, 8, 4)).astype(np.float32)
+    seg = rng.integers(0, 4, (10, 9, 8)).astype(np.uint8)
+    np.save(src / "vol" / "HG_BraTS20_Training_001_vol.npy", vol)
+    np.save(src / "seg" / "HG_BraTS20_Training_001_seg.npy", seg)
+    np.save(src / "vol" / "HG_BraTS20_Training_002_vol.npy", vol[..., :3])  # wrong channels
+    out = tmp_path / "prepared"
+    with pytest.raises(PreparationError, match=r"002_vol.npy: expected \(H, W, D, 4\)"):
+        prepare_brats2020(out, rfnet_root=src, progress=False)
+    image, label, meta = read_case(out, "HG_BraTS20_Training_001")
+    assert np.array_equal(image, np.moveaxis(vol, -1, 0)) and np.array_equal(label, seg)
+    assert meta["crop"] is None and len(meta["normalization"]["background"]) == 4
+    seg_bad = seg.copy()
+    seg_bad[0, 0, 0] = 4  # RFNet npy labels are already 0..3
+    np.save(src / "vol" / "HG_BraTS20_Training_002_vol.npy", vol)
+    np.save(src / "seg" / "HG_BraTS20_Training_002_seg.npy", seg_bad)
+    with pytest.raises(PreparationError, match=r"unexpected label values \[4\]"):
+        prepare_brats2020(out, rfnet_root=src, progress=False)
+    assert json.loads((out / "dataset.json").read_text())["name"] == "brats2020"

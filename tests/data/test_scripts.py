@@ -1,0 +1,101 @@
+"""The thin command-line scripts in data_scripts/, called in-process through main(argv)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from data_helpers import load_script
+
+from passion_kit.data.description import BRATS2020
+from passion_kit.data.splits import read_split, shipped
+
+SCRIPTS = (
+    "make_missing_rate_split",
+    "validate_split",
+    "make_phantom",
+    "prepare_brats2020",
+    "prepare_msd",
+    "prepare_myops2020",
+)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_script(name).main(["--help"])
+    assert exit_.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+@pytest.fixture
+def train_txt(tmp_path):
+    return shutil.copy(shipped("brats2020/train.txt"), tmp_path / "train.txt")
+
+
+def test_named_rates_write_the_official_mr2468(train_txt, tmp_path, capsys):
+    make = load_script("make_missing_rate_split").main
+    out = tmp_path / "split.csv"
+    argv = ["--cases", str(train_txt), "--missing-rates", "flair=0.6,t1c=0.4,t1=0.2,t2=0.8"]
+    assert make([*argv, "--seed", "1037", "--out", str(out)]) == 0
+    published = read_split(
+        shipped("brats2020/Brats2020_imb_split_mr2468.csv"), BRATS2020.modalities
+    )
+    assert read_split(out, BRATS2020.modalities) == published
+    assert "flair          90" in capsys.readouterr().out
+    before = out.read_bytes()
+    assert make([*argv, "--out", str(out)]) == 2  # refuses to touch an existing file
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == before
+    official = tmp_path / "official.csv"
+    assert make(["--cases", str(train_txt), "--rates", "mr2468", "--format", "official",
+                 "--out", str(official)]) == 0  # fmt: skip
+    assert official.read_bytes() == shipped("brats2020/Brats2020_imb_split_mr2468.csv").read_bytes()
+    assert make([*argv[:3], "flair=0.6", "--out", str(tmp_path / "x.csv")]) == 2
+
+
+def test_validate_split(train_txt, tmp_path, capsys):
+    validate = load_script("validate_split").main
+    published = str(shipped("brats2020/Brats2020_imb_split_mr2468.csv"))
+    assert validate([published, "--cases", str(train_txt), "--reference", published]) == 0
+    assert "same mask for every case" in capsys.readouterr().out
+    other = str(shipped("brats2020/Brats2020_imb_split_mr1379.csv"))
+    assert validate([published, "--reference", other]) == 1
+    assert "differ" in capsys.readouterr().err
+    lines = shipped("brats2020/Brats2020_imb_split_mr2468.csv").read_text().splitlines()
+    name, mask_id, rest = lines[5].split(",", 2)
+    lines[5] = f"{name},{(int(mask_id) + 1) % 15},{rest}"  # mask_id no longer fits the mask
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines))
+    assert validate([str(bad)]) == 1
+    assert "line 6" in capsys.readouterr().err
+
+
+def test_make_phantom_report(tmp_path, capsys):
+    out = tmp_path / "ph"
+    code = load_script("make_phantom").main(
+        ["--out", str(out), "--cases", "4", "--size", "64", "--report", "--quiet"]
+    )
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "speed: 4 cases of 64^3" in text and "design targets: all met" in text
+    assert "modality" in text and "t1c" in text
+    assert load_script("make_phantom").main(["--out", str(out), "--cases", "4", "--quiet"]) == 0
+    assert "0 new case(s), 4 already there" in capsys.readouterr().out
+
+
+def test_prepare_brats_script(make_brats_official, tmp_path, capsys):
+    main = load_script("prepare_brats2020").main
+    raw = make_brats_official((1,))
+    assert main(["--raw", str(raw), "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    assert "prepared 1 new case" in capsys.readouterr().out
+    assert main(["--raw", str(tmp_path / "none"), "--out", str(tmp_path / "p"), "--quiet"]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_prepare_msd_and_myops_scripts_report_missing_inputs(tmp_path, capsys):
+    msd = load_script("prepare_msd").main
+    assert msd(["--root", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert "download" in capsys.readouterr().err
+    myops = load_script("prepare_myops2020").main
+    assert myops(["--raw", str(tmp_path), "--out", str(tmp_path / "o2"), "--quiet"]) == 1
+    assert "no MyoPS training file" in capsys.readouterr().err
