@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from passion_kit.io import TMP_PREFIX, atomic_write_text, umask
+
 __all__ = [
     "CASES",
     "TMP_PREFIX",
@@ -46,7 +48,6 @@ __all__ = [
 ]
 
 CASES = "cases"
-TMP_PREFIX = ".tmp-"
 
 
 class PreparationError(RuntimeError):
@@ -61,30 +62,6 @@ class PreparedCase:
     image: np.ndarray  # (M, H, W, D) float32
     label: np.ndarray  # (H, W, D) uint8
     meta: dict[str, Any]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, *, newline: str | None = None) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename.
-
-    An interrupted write never leaves a truncated file under ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline=newline) as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def case_dir(root: str | os.PathLike, case_id: str) -> Path:
@@ -115,7 +92,7 @@ def write_case(root: str | os.PathLike, case: PreparedCase) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{case.case_id}-", dir=final.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual mode
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; give the usual mode
         np.save(tmp / "image.npy", np.ascontiguousarray(img))
         np.save(tmp / "label.npy", np.ascontiguousarray(lab))
         (tmp / "meta.json").write_text(json.dumps(case.meta, indent=1) + "\n")

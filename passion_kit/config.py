@@ -1,0 +1,287 @@
+"""Experiment configuration: one dataclass per concern, presets, files and overrides.
+
+Defaults are the paper's settings (spec E). Presets:
+
+- ``brats2020-paper``: mmFormer, IDT, mr2468, 80^3 patches, 300 epochs, batch 1.
+- ``myops2020-paper``: the authors' 2D MyoPS protocol (MYOPS.md): Adam(amsgrad) at 2e-3,
+  a 20-epoch unimodal warm-up, 256x256x1 slices.
+- ``cpu``: the built-in phantom, 32^3 patches, a few epochs: minutes on a laptop CPU.
+
+Usage::
+
+    cfg = ExperimentConfig.preset("cpu").override(["train.epochs=2", "objective.name=baseline"])
+    cfg = ExperimentConfig.from_file("my_run.yaml", overrides=["train.seed=1"])
+
+Unknown keys and values of the wrong type are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "PRESETS",
+]
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "brats2020"  # folder under the data root
+    root: str = ""  # the prepared dataset folder; "" = <data root>/<dataset>
+    setting: str = "idt"  # pdt | idt | idt_drop (spec A.2)
+    missing_rates: str = "mr2468"  # split name under splits/missing_rates, or a CSV path
+    train_split: str = "train"
+    test_split: str = "test"
+    patch_size: list[int] = field(default_factory=lambda: [80, 80, 80])
+    jitter: str = "official"  # official (per channel and first-axis index) | channel
+    num_workers: int = 8
+    phantom_cases: int = 0  # > 0: generate the phantom with this many cases if absent
+    phantom_size: int = 64
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "mmformer"
+    width: int = 8  # basic_dims: 8 in the paper ("to match baselines"), 16 in RFNet
+    options: dict[str, Any] = field(default_factory=dict)  # backbone-specific keywords
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "passion"  # passion | baseline (| balancing baselines)
+    temperature: float = 4.0
+    weight_sep: float = 1.0
+    weight_pixel: float = 0.5
+    weight_proto: float = 0.1
+    students: str = "available"  # available | all (official HEAD in PDT)
+    reduction: str = "mean"  # mean | sum (official; effective lr grows with batch size)
+    skip_degenerate: bool = True  # spec G.2 fix
+    exclude_single_modality: bool = False  # spec G.3
+    track_distance: bool = True  # baseline: still measure D (no gradient) for the plots
+    eta: float = 0.01
+    eta_factor: float = 1.5
+    eta_every: int = 100
+    beta_range: list[float] = field(default_factory=lambda: [0.1, 4.0])
+    warmup_epochs: int = 0  # region_fusion_start_epoch: unimodal losses only before it
+    options: dict[str, Any] = field(default_factory=dict)  # other objectives' keywords
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 300
+    batch_size: int = 1
+    iterations_per_epoch: int = 0  # 0: one pass over the training split (spec G.5 fix)
+    optimizer: str = "adamw"  # adamw | adam (both with amsgrad, as the official code)
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    seed: int = 1037
+    deterministic: bool = False
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16
+    keep_epochs: list[int] = field(default_factory=lambda: [100, 200, 300])
+    run_dir: str = "runs"
+    name: str = ""  # run folder name; "" = <dataset>_<backbone>_<objective>_<setting>_s<seed>
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    window: list[int] = field(default_factory=lambda: [80, 80, 80])
+    overlap: float = 0.5
+    sw_batch_size: int = 1
+    hd95: str = "official"  # official (one empty set -> 1.0) | brats (-> 373.13 mm)
+    etpro_threshold: int = 500  # ET predictions smaller than this are emptied for ETPro
+    mask_chunk: int = 15  # masks fused per call (lower it to save memory)
+    max_cases: int = 0  # 0: every case of the test split
+
+
+_CUBES = ("patch_size", "window")
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "objective": ObjectiveConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # --- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
+        return cls().update(values, source=source)
+
+    @classmethod
+    def preset(cls, name: str) -> ExperimentConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        return cls.from_dict(PRESETS[name], source=f"preset {name!r}")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, overrides: list[str] = ()) -> ExperimentConfig:
+        """Read a JSON or YAML file (optionally ``{"preset": name, ...}``), then overrides."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read config file {path}: {exc.strerror}") from None
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        preset = values.pop("preset", None) if isinstance(values, dict) else None
+        cfg = cls.preset(preset) if preset else cls()
+        cfg.update(values, source=str(path))
+        return cfg.override(overrides)
+
+    def update(self, values: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
+        """Set ``{section: {key: value}}`` entries, checking every key and type."""
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"{source}: expected a mapping of sections, got {type(values).__name__}"
+            )
+        unknown = set(values) - set(_SECTIONS)
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown section(s) {sorted(unknown)}; expected {sorted(_SECTIONS)}"
+            )
+        for section, entries in values.items():
+            if not isinstance(entries, dict):
+                raise ValueError(f"{source}: section {section!r} must be a mapping")
+            for key, value in entries.items():
+                self._set(f"{section}.{key}", value, source=source)
+        return self
+
+    def override(self, items: list[str] | tuple[str, ...]) -> ExperimentConfig:
+        """Apply ``section.key=value`` strings (values parsed as JSON where they can be)."""
+        for item in items:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} must look like section.key=value")
+            key, raw = item.split("=", 1)
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            self._set(key.strip(), value, source="override")
+        return self
+
+    def _set(self, dotted: str, value: Any, *, source: str) -> None:
+        section, _, key = dotted.partition(".")
+        if section not in _SECTIONS or not key:
+            raise ValueError(f"{source}: unknown key {dotted!r}; sections are {sorted(_SECTIONS)}")
+        target = getattr(self, section)
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        if key not in fields:
+            raise ValueError(f"{source}: unknown key {dotted!r}; {section} has {sorted(fields)}")
+        hint = typing.get_type_hints(type(target))[key]
+        if key in _CUBES and isinstance(value, int) and not isinstance(value, bool):
+            value = [value] * 3  # patch_size=48 means 48^3
+        setattr(target, key, _coerce(value, hint, f"{source}: {dotted}"))
+
+    # --- derived values -----------------------------------------------------------------
+    def dataset_root(self) -> Path:
+        if self.data.root:
+            return Path(self.data.root)
+        base = os.environ.get("PASSION_KIT_DATA", "./data")
+        return Path(base) / self.data.dataset
+
+    def run_name(self) -> str:
+        if self.train.name:
+            return self.train.name
+        d, m, o, t = self.data, self.model, self.objective, self.train
+        return f"{d.dataset}_{m.backbone}_{o.name}_{d.setting}_s{t.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a simple type hint; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, list | tuple):
+            return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict or hint is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, where)
+            except ValueError:
+                continue
+    raise ValueError(f"{where} must be {_describe(hint)}, got {value!r}")
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "brats2020-paper": {},
+    "myops2020-paper": {
+        "data": {
+            "dataset": "myops2020",
+            "missing_rates": "MyoPS2020_longtail_split_357",
+            "patch_size": [256, 256, 1],
+        },
+        "model": {"backbone": "mmformer", "options": {"kernel": [3, 3, 1]}},
+        "objective": {"warmup_epochs": 20},
+        "train": {"optimizer": "adam", "lr": 2e-3},
+        "eval": {"window": [256, 256, 1]},
+    },
+    "cpu": {
+        "data": {
+            "dataset": "phantom",
+            "patch_size": [32, 32, 32],
+            "num_workers": 0,
+            "phantom_cases": 24,
+            "phantom_size": 48,
+        },
+        "model": {"backbone": "rfnet"},
+        "train": {"epochs": 4, "keep_epochs": [], "amp": "off"},
+        "eval": {"window": [48, 48, 48], "overlap": 0.25},
+    },
+}
