@@ -2,6 +2,8 @@
 
 Commands:
     info        versions, device and data root.
+    train       train a run (``--preset cpu``, ``--config FILE``, then ``section.key=value``).
+    evaluate    evaluate a run over every modality combination of its dataset.
     quickstart  a few PASSION training steps on CPU with RFNet on a built-in toy volume,
                 printing each modality's distance to the teacher, gate and beta.
 """
@@ -101,6 +103,42 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from passion_kit.config import ExperimentConfig
+    from passion_kit.train import fit
+
+    if args.config:
+        cfg = ExperimentConfig.from_file(args.config, args.overrides)
+    else:
+        cfg = ExperimentConfig.preset(args.preset).override(args.overrides)
+    run_dir = fit(cfg)
+    print(f"run directory: {run_dir}")
+    if args.evaluate and int(os.environ.get("RANK", "0")) == 0:
+        from passion_kit.evaluate import evaluate_run
+
+        paths = evaluate_run(run_dir, device=cfg.train.device, progress=cfg.train.progress)
+        print(paths["markdown"].read_text())
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from passion_kit.evaluate import evaluate_run
+
+    paths = evaluate_run(
+        args.run_dir,
+        checkpoint=args.checkpoint,
+        split=args.split,
+        data_root=args.data_root,
+        device=args.device,
+        hd95_convention=args.hd95,
+        max_cases=args.max_cases,
+    )
+    print(paths["markdown"].read_text())
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m passion_kit", description=__doc__.split("\n")[0]
@@ -112,6 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     quick.add_argument("--patch-size", type=int, default=32)
     quick.add_argument("--seed", type=int, default=0)
     quick.set_defaults(func=_quickstart)
+    train = sub.add_parser("train", help="train (or resume) a run")
+    train.add_argument("--preset", default="cpu", help="cpu | brats2020-paper | myops2020-paper")
+    train.add_argument("--config", help="a JSON or YAML config file (may name a preset)")
+    train.add_argument("--evaluate", action="store_true", help="evaluate the run afterwards")
+    train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=2")
+    train.set_defaults(func=_train)
+    evaluate = sub.add_parser("evaluate", help="evaluate a run on every modality combination")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--checkpoint", help="default: <run_dir>/checkpoint_last.pt")
+    evaluate.add_argument("--split", help="default: the run's data.test_split")
+    evaluate.add_argument("--data-root", help="default: the run's prepared dataset")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--hd95", choices=["official", "brats"], help="empty-set convention")
+    evaluate.add_argument("--max-cases", type=int, help="evaluate only the first N cases")
+    evaluate.set_defaults(func=_evaluate)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,312 @@
+"""Evaluation over every modality combination of a dataset (spec A.6).
+
+For each test case, a sliding window (MONAI; 80^3 windows at 0.5 overlap by default)
+encodes every modality **once per window** and fuses all the dataset's combinations
+from those features (the backbone's ``fuse`` takes many mask rows per sample), so the
+15 BraTS combinations do not cost 15 networks. Softmax outputs are averaged over
+overlapping windows, then arg-maxed per combination.
+
+Metrics per case, combination and region (regions from the dataset description):
+
+- Dice ``(2|P & G| + 1e-8) / (|P| + |G| + 1e-8)``: 1 when both are empty.
+- ETPro (BraTS): ET Dice after emptying ET predictions smaller than 500 voxels (for this
+  metric only).
+- HD95 (MONAI's ``compute_hausdorff_distance``, 95th percentile, voxel spacing from the
+  dataset). Empty sets: both empty -> 0 in both conventions; exactly one empty -> 1.0
+  with ``hd95="official"`` (the official PASSION code, optimistic) or 373.13 mm with
+  ``hd95="brats"`` (the BraTS challenges' convention).
+
+Outputs (``evaluate_run``): ``per_case.csv`` (one row per case and combination),
+``summary.csv`` and ``summary.md`` (mean per combination and the mean over combinations).
+
+Usage::
+
+    python -m passion_kit evaluate runs/phantom_rfnet_passion_idt_s1037 --max-cases 5
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from passion_kit.data import PreparedDataset, load_description
+from passion_kit.data.description import DatasetDescription
+from passion_kit.io import atomic_write_text
+from passion_kit.models import Backbone
+
+__all__ = [
+    "HD95_EMPTY",
+    "MultiMaskPredictor",
+    "predict_case",
+    "dice",
+    "hd95",
+    "case_metrics",
+    "evaluate_cases",
+    "summarize",
+    "evaluate_run",
+]
+
+HD95_EMPTY = {"official": 1.0, "brats": 373.13}
+
+
+class MultiMaskPredictor:
+    """Window -> softmax of every mask, with the encoders run once per window.
+
+    Args:
+        backbone: the trained backbone (put in eval mode by the caller).
+        masks: (C, M) bool, the combinations to predict.
+        chunk: masks fused per ``fuse`` call (memory vs. speed).
+
+    Calling it on a window batch (B, M, *roi) returns (B, C * K, *roi): the K class
+    probabilities of mask 0, then of mask 1, and so on.
+    """
+
+    def __init__(self, backbone: Backbone, masks: torch.Tensor, chunk: int = 15) -> None:
+        self.backbone = backbone
+        self.masks = masks
+        self.chunk = max(1, int(chunk))
+
+    @torch.no_grad()
+    def __call__(self, window: torch.Tensor) -> torch.Tensor:
+        b = window.shape[0]
+        feats = self.backbone.encode(window)
+        masks = self.masks.to(window.device)
+        outs = []
+        for start in range(0, masks.shape[0], self.chunk):
+            part = masks[start : start + self.chunk]  # (S, M)
+            rows = part.unsqueeze(0).expand(b, -1, -1).reshape(-1, part.shape[1])
+            logits = self.backbone.fuse(feats, rows).logits.float()
+            outs.append(F.softmax(logits, 1).view(b, part.shape[0], *logits.shape[1:]))
+        probs = torch.cat(outs, 1)  # (B, C, K, *roi)
+        return probs.flatten(1, 2)
+
+
+@torch.no_grad()
+def predict_case(
+    backbone: Backbone,
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    window: Sequence[int] = (80, 80, 80),
+    overlap: float = 0.5,
+    sw_batch_size: int = 1,
+    chunk: int = 15,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Arg-max labels (C, H, W, D) of one case (M, H, W, D) for each of the C masks."""
+    from monai.inferers import sliding_window_inference
+
+    device = torch.device(device)
+    predictor = MultiMaskPredictor(backbone, masks, chunk)
+    x = image.unsqueeze(0).to(device)
+    probs = sliding_window_inference(
+        x,
+        roi_size=tuple(window),  # MONAI pads a case smaller than the window
+        sw_batch_size=sw_batch_size,
+        predictor=predictor,
+        overlap=overlap,
+        mode="constant",
+        sw_device=device,
+        device=device,
+    )  # (1, C * K, H, W, D)
+    c = masks.shape[0]
+    return probs.view(c, -1, *probs.shape[2:]).argmax(1).cpu()
+
+
+def dice(pred: np.ndarray, target: np.ndarray) -> float:
+    """The official Dice with its 1e-8 smoothing (1 when both are empty)."""
+    inter = np.logical_and(pred, target).sum()
+    return float((2 * inter + 1e-8) / (pred.sum() + target.sum() + 1e-8))
+
+
+def hd95(
+    pred: np.ndarray,
+    target: np.ndarray,
+    *,
+    spacing: Sequence[float] | None = None,
+    convention: str = "official",
+) -> float:
+    """95th-percentile Hausdorff distance in mm, with a documented empty-set convention."""
+    if convention not in HD95_EMPTY:
+        raise ValueError(f"hd95 convention must be one of {sorted(HD95_EMPTY)}, got {convention!r}")
+    p, t = bool(pred.any()), bool(target.any())
+    if not p and not t:
+        return 0.0
+    if p != t:
+        return HD95_EMPTY[convention]
+    from monai.metrics import compute_hausdorff_distance
+
+    value = compute_hausdorff_distance(
+        torch.from_numpy(pred[None, None].astype(np.float32)),
+        torch.from_numpy(target[None, None].astype(np.float32)),
+        include_background=True,
+        percentile=95,
+        spacing=list(spacing) if spacing is not None else None,
+    )
+    return float(value.item())
+
+
+def case_metrics(
+    pred: np.ndarray,
+    target: np.ndarray,
+    regions: dict[str, tuple[int, ...]],
+    *,
+    spacing: Sequence[float] | None = None,
+    hd95_convention: str = "official",
+    etpro_threshold: int = 500,
+) -> dict[str, float]:
+    """Dice and HD95 of every region (plus ETPro where an ``ET`` region exists)."""
+    out: dict[str, float] = {}
+    for name, classes in regions.items():
+        p = np.isin(pred, classes)
+        t = np.isin(target, classes)
+        out[f"dice_{name}"] = dice(p, t)
+        out[f"hd95_{name}"] = hd95(p, t, spacing=spacing, convention=hd95_convention)
+        if name == "ET":
+            p_pro = p if p.sum() >= etpro_threshold else np.zeros_like(p)
+            out["dice_ETPro"] = dice(p_pro, t)
+            out["hd95_ETPro"] = hd95(p_pro, t, spacing=spacing, convention=hd95_convention)
+    return out
+
+
+def evaluate_cases(
+    backbone: Backbone,
+    dataset: PreparedDataset,
+    *,
+    window: Sequence[int] = (80, 80, 80),
+    overlap: float = 0.5,
+    sw_batch_size: int = 1,
+    chunk: int = 15,
+    hd95_convention: str = "official",
+    etpro_threshold: int = 500,
+    device: torch.device | str = "cpu",
+    max_cases: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """One row per (case, combination) with every metric; combinations from the dataset."""
+    from tqdm.auto import tqdm
+
+    description: DatasetDescription = dataset.description
+    ms = description.modalities
+    masks = ms.mask_tensor()
+    spacing = description.spacing
+    count = len(dataset) if not max_cases else min(max_cases, len(dataset))
+    if count == 0:
+        raise ValueError(f"the evaluation split of {dataset.root} has no cases")
+    backbone.eval()
+    rows = []
+    for index in tqdm(range(count), desc="evaluate", disable=not progress, dynamic_ncols=True):
+        sample = dataset[index]
+        labels = predict_case(
+            backbone,
+            sample["image"],
+            masks,
+            window=window,
+            overlap=overlap,
+            sw_batch_size=sw_batch_size,
+            chunk=chunk,
+            device=device,
+        ).numpy()
+        target = sample["label"].numpy()
+        for mask_id in range(ms.num_combinations):
+            metrics = case_metrics(
+                labels[mask_id],
+                target,
+                description.regions,
+                spacing=spacing,
+                hd95_convention=hd95_convention,
+                etpro_threshold=etpro_threshold,
+            )
+            rows.append(
+                {"case_id": sample["case_id"], "mask_id": mask_id, "combination": ms.name(mask_id)}
+                | metrics
+            )
+    return pd.DataFrame(rows)
+
+
+def summarize(per_case: pd.DataFrame) -> pd.DataFrame:
+    """Mean of every metric per combination (in mask-id order), plus the mean over them."""
+    metrics = [c for c in per_case.columns if c.startswith(("dice_", "hd95_"))]
+    table = per_case.groupby(["mask_id", "combination"], sort=True)[metrics].mean().reset_index()
+    mean = {"mask_id": "", "combination": "mean"} | table[metrics].mean().to_dict()
+    return pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
+
+
+def _markdown(summary: pd.DataFrame, title: str) -> str:
+    cols = list(summary.columns)
+    lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in summary.iterrows():
+        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    split: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    device: str = "auto",
+    hd95_convention: str | None = None,
+    max_cases: int | None = None,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Evaluate a training run's checkpoint on its test split; write the tables.
+
+    Returns:
+        Paths of ``per_case.csv``, ``summary.csv`` and ``summary.md`` under
+        ``<run_dir>/eval/<split>/``.
+    """
+    from passion_kit.config import ExperimentConfig
+    from passion_kit.train import build_model, check_compatible, load_checkpoint, select_device
+
+    run = Path(run_dir)
+    ckpt_path = Path(checkpoint) if checkpoint else run / "checkpoint_last.pt"
+    state = load_checkpoint(ckpt_path)
+    cfg = ExperimentConfig.from_dict(state["config"], source=str(ckpt_path))
+    root = Path(data_root) if data_root else cfg.dataset_root()
+    description = load_description(root)
+    split = split or cfg.data.test_split
+    dataset = PreparedDataset(root, split, setting="full")
+    backbone = build_model(cfg, description.num_modalities, len(description.classes))
+    check_compatible(state, backbone, str(ckpt_path))
+    dev = select_device(device)
+    backbone.to(dev)
+    started = time.perf_counter()
+    per_case = evaluate_cases(
+        backbone,
+        dataset,
+        window=cfg.eval.window,
+        overlap=cfg.eval.overlap,
+        sw_batch_size=cfg.eval.sw_batch_size,
+        chunk=cfg.eval.mask_chunk,
+        hd95_convention=hd95_convention or cfg.eval.hd95,
+        etpro_threshold=cfg.eval.etpro_threshold,
+        device=dev,
+        max_cases=cfg.eval.max_cases if max_cases is None else max_cases,
+        progress=progress,
+    )
+    summary = summarize(per_case)
+    out = run / "eval" / split
+    paths = {
+        "per_case": out / "per_case.csv",
+        "summary": out / "summary.csv",
+        "markdown": out / "summary.md",
+    }
+    atomic_write_text(paths["per_case"], per_case.to_csv(index=False))
+    atomic_write_text(paths["summary"], summary.to_csv(index=False))
+    cases = per_case["case_id"].nunique()
+    title = (
+        f"{cfg.run_name()}: {cases} {split} cases, epoch {state['epoch']}, "
+        f"HD95 convention {hd95_convention or cfg.eval.hd95}, {time.perf_counter() - started:.0f} s"
+    )
+    atomic_write_text(paths["markdown"], _markdown(summary, title))
+    return paths
