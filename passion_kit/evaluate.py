@@ -26,9 +26,11 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from passion_kit.config import ExperimentConfig
 from passion_kit.data import PreparedDataset, load_description
 from passion_kit.data.description import DatasetDescription
 from passion_kit.io import atomic_write_text
@@ -51,6 +54,8 @@ __all__ = [
     "evaluate_cases",
     "summarize",
     "evaluate_run",
+    "load_run",
+    "save_prediction_nifti",
 ]
 
 HD95_EMPTY = {"official": 1.0, "brats": 373.13}
@@ -248,6 +253,92 @@ def _markdown(summary: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class LoadedRun:
+    cfg: ExperimentConfig
+    state: dict
+    backbone: Backbone
+    root: Path
+    description: DatasetDescription
+    device: torch.device
+
+
+def load_run(
+    run_dir: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+    device: str = "auto",
+) -> LoadedRun:
+    """A run's config and trained backbone (eval mode, on ``device``) and its dataset."""
+    from passion_kit.train import build_model, check_compatible, load_checkpoint, select_device
+
+    ckpt_path = Path(checkpoint) if checkpoint else Path(run_dir) / "checkpoint_last.pt"
+    state = load_checkpoint(ckpt_path)
+    cfg = ExperimentConfig.from_dict(state["config"], source=str(ckpt_path))
+    root = Path(data_root) if data_root else cfg.dataset_root()
+    description = load_description(root)
+    backbone = build_model(cfg, description.num_modalities, len(description.classes))
+    check_compatible(state, backbone, str(ckpt_path))
+    dev = select_device(device)
+    return LoadedRun(cfg, state, backbone.to(dev).eval(), root, description, dev)
+
+
+def save_prediction_nifti(
+    run_dir: str | os.PathLike,
+    case_id: str,
+    out_path: str | os.PathLike,
+    *,
+    modalities: Sequence[str] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+    device: str = "auto",
+) -> Path:
+    """Predict one prepared case with a modality subset and save it in the original space.
+
+    The prediction is un-cropped into the original grid, mapped back to the source label
+    values (BraTS: 1, 2, 4) and saved with the original affine, so it overlays the
+    original NIfTI files.
+
+    Args:
+        modalities: names of the available modalities (default: all).
+    """
+    import nibabel as nib
+
+    from passion_kit.data.prepared import case_dir
+    from passion_kit.data.preprocess import uncrop
+
+    loaded = load_run(run_dir, checkpoint=checkpoint, data_root=data_root, device=device)
+    ms = loaded.description.modalities
+    names = list(modalities) if modalities else list(ms.modalities)
+    mask = torch.tensor([[ms.modalities[i] in names for i in range(ms.num_modalities)]])
+    for name in names:
+        ms.index(name)  # unknown names raise a clear error
+    if not mask.any():
+        raise ValueError("modalities must name at least one modality")
+    sample = PreparedDataset(loaded.root, [case_id], setting="full")[0]
+    cfg = loaded.cfg
+    labels = predict_case(
+        loaded.backbone,
+        sample["image"],
+        mask,
+        window=cfg.eval.window,
+        overlap=cfg.eval.overlap,
+        device=loaded.device,
+    )[0].numpy()
+    to_raw = np.zeros(len(loaded.description.classes), dtype=np.int16)
+    for raw, cls in loaded.description.label_mapping.items():
+        to_raw[cls] = raw
+    meta = json.loads((case_dir(loaded.root, case_id) / "meta.json").read_text())
+    if "original_affine" not in meta:
+        raise ValueError(f"case {case_id} has no original affine in its meta.json (not from NIfTI)")
+    volume = uncrop(to_raw[labels].astype(np.uint8), meta)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(volume, np.asarray(meta["original_affine"])), str(out))
+    return out
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -265,21 +356,11 @@ def evaluate_run(
         Paths of ``per_case.csv``, ``summary.csv`` and ``summary.md`` under
         ``<run_dir>/eval/<split>/``.
     """
-    from passion_kit.config import ExperimentConfig
-    from passion_kit.train import build_model, check_compatible, load_checkpoint, select_device
-
-    run = Path(run_dir)
-    ckpt_path = Path(checkpoint) if checkpoint else run / "checkpoint_last.pt"
-    state = load_checkpoint(ckpt_path)
-    cfg = ExperimentConfig.from_dict(state["config"], source=str(ckpt_path))
-    root = Path(data_root) if data_root else cfg.dataset_root()
-    description = load_description(root)
+    loaded = load_run(run_dir, checkpoint=checkpoint, data_root=data_root, device=device)
+    cfg, state, backbone, dev = loaded.cfg, loaded.state, loaded.backbone, loaded.device
     split = split or cfg.data.test_split
-    dataset = PreparedDataset(root, split, setting="full")
-    backbone = build_model(cfg, description.num_modalities, len(description.classes))
-    check_compatible(state, backbone, str(ckpt_path))
-    dev = select_device(device)
-    backbone.to(dev)
+    dataset = PreparedDataset(loaded.root, split, setting="full")
+    run = Path(run_dir)
     started = time.perf_counter()
     per_case = evaluate_cases(
         backbone,

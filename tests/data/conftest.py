@@ -21,13 +21,3 @@ def make_brats_official(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
-
-
-@pytest.fixture(scope="session")
-def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small phantom (10 cases of 24^3) shared by read-only tests."""
-    from passion_kit.data.phantom import make_phantom
-
-    root = tmp_path_factory.mktemp("phantom") / "phantom"
-    make_phantom(root, num_cases=10, size=24, seed=3, progress=False)
-    return root

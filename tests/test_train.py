@@ -1,0 +1,122 @@
+"""Training on a tiny phantom: runs, history files, exact resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from passion_kit.models import available_backbones
+from passion_kit.train import fit, load_checkpoint, poly_lr, select_device
+from tests.conftest import tiny_config
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("backbone", available_backbones())
+@pytest.mark.parametrize("objective", ["baseline", "passion"])
+def test_fit_writes_a_complete_run(phantom_root, tmp_path, backbone, objective):
+    cfg = tiny_config(
+        phantom_root, tmp_path, f"model.backbone={backbone}", f"objective.name={objective}"
+    )
+    run = fit(cfg)
+    assert {p.name for p in run.iterdir()} >= {
+        "config.json",
+        "meta.json",
+        "checkpoint_last.pt",
+        "checkpoint_epoch2.pt",
+        "history_epoch.csv",
+        "history_modality.csv",
+    }
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "complete" and meta["epochs_completed"] == 2
+    epochs = _rows(run / "history_epoch.csv")
+    assert [int(r["epoch"]) for r in epochs] == [0, 1]
+    assert float(epochs[0]["lr"]) == pytest.approx(2e-4) and float(epochs[1]["lr"]) < 2e-4
+    for row in epochs:
+        assert math.isfinite(float(row["loss"])) and float(row["fuse"]) > 0
+    modality = _rows(run / "history_modality.csv")
+    assert [(int(r["epoch"]), r["modality"]) for r in modality[:4]] == [
+        (0, "flair"),
+        (0, "t1c"),
+        (0, "t1"),
+        (0, "t2"),
+    ]
+    assert len(modality) == 8
+    for epoch in (0, 1):
+        rows = [r for r in modality if int(r["epoch"]) == epoch]
+        betas = [float(r["beta"]) for r in rows]
+        assert math.sqrt(sum(b * b for b in betas)) == pytest.approx(2.0, rel=1e-5)
+        for r in rows:
+            assert 0.0 <= float(r["gate_rate"]) <= 1.0
+            assert float(r["distance"]) >= 0
+    moved = [float(r["beta"]) != 1.0 for r in modality]
+    assert any(moved) == (objective == "passion")  # the baseline never updates beta
+    if objective == "baseline":  # it measures distances for the plots all the same
+        assert any(float(r["distance"]) > 0 for r in modality)
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(phantom_root, tmp_path):
+    straight = fit(tiny_config(phantom_root, tmp_path / "a"))
+    cfg = tiny_config(phantom_root, tmp_path / "b")
+    first = fit(cfg, stop_after=1)
+    meta = json.loads((first / "meta.json").read_text())
+    assert meta["status"] == "in progress" and meta["epochs_completed"] == 1
+    assert not (first / "checkpoint_epoch2.pt").exists()
+    resumed = fit(cfg)
+    a = load_checkpoint(straight / "checkpoint_last.pt")
+    b = load_checkpoint(resumed / "checkpoint_last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["objective"]["beta"].tolist() == b["objective"]["beta"].tolist()
+    assert a["history"]["epoch"][1]["loss"] == b["history"]["epoch"][1]["loss"]
+    assert len(_rows(resumed / "history_modality.csv")) == 8  # no duplicated rows
+
+
+def test_resuming_with_another_config_is_refused(phantom_root, tmp_path):
+    cfg = tiny_config(phantom_root, tmp_path, "train.name=run")
+    fit(cfg, stop_after=1)
+    changed = tiny_config(phantom_root, tmp_path, "train.name=run", "train.lr=0.1")
+    with pytest.raises(ValueError, match="train.lr"):
+        fit(changed)
+
+
+def test_checkpoint_of_another_backbone_is_refused(phantom_root, tmp_path):
+    cfg = tiny_config(phantom_root, tmp_path, "train.name=run")
+    run = fit(cfg, stop_after=1)
+    state = load_checkpoint(run / "checkpoint_last.pt")
+    state["num_modalities"] = 3
+    torch.save(state, run / "checkpoint_last.pt")
+    with pytest.raises(ValueError, match="3 modalities"):
+        fit(cfg)
+
+
+def test_bad_inputs_fail_early_with_clear_messages(phantom_root, tmp_path):
+    with pytest.raises(ValueError, match="train.epochs"):
+        fit(tiny_config(phantom_root, tmp_path, "train.epochs=0"))
+    with pytest.raises(FileNotFoundError, match="dataset.json"):
+        fit(tiny_config(tmp_path / "nowhere", tmp_path, "data.phantom_cases=0"))
+    with (
+        pytest.raises(ValueError, match="no CUDA GPU")
+        if not torch.cuda.is_available()
+        else (pytest.raises(ValueError, match="only"))
+    ):
+        select_device("cuda" if not torch.cuda.is_available() else "cuda:99")
+    with pytest.raises(ValueError, match="not a readable"):
+        bad = tmp_path / "bad.pt"
+        bad.write_text("not a checkpoint")
+        load_checkpoint(bad)
+    assert not any((tmp_path / "nowhere").glob("*"))
+
+
+def test_poly_schedule_matches_the_official_values():
+    assert poly_lr(2e-4, 0, 300) == 2e-4
+    assert poly_lr(2e-4, 100, 300) == pytest.approx(1.3885e-4, abs=1e-9)
+    assert poly_lr(2e-4, 200, 300) == pytest.approx(7.441e-5, abs=1e-9)
+    assert poly_lr(2e-4, 299, 300) == pytest.approx(1.18e-6, abs=1e-8)
