@@ -55,7 +55,7 @@ from passion_kit.models.base import Backbone, Features, FusionOut, expand_rows, 
 from passion_kit.models.blocks import Kernel, MaskedModalityConv, as_kernel, upsample
 from passion_kit.models.transformer import TransformerLayer
 
-__all__ = ["MMFormer", "TOKEN_LAYOUTS"]
+__all__ = ["MMFormer", "TOKEN_LAYOUTS", "tokens_to_grid"]
 
 LEVELS = 5
 TOKEN_LAYOUTS = ("official", "spatial")
@@ -84,6 +84,22 @@ class PreNormConv(nn.Sequential):
                 padding_mode=padding_mode,
             ),
         )
+
+
+def tokens_to_grid(
+    tokens: torch.Tensor, num_modalities: int, grid: tuple[int, int, int], layout: str
+) -> torch.Tensor:
+    """Inter-modal tokens (R, M * N, D), modality-major, -> a map (R, M * D, *grid).
+
+    ``"official"``: token t goes to position t // M, channel block t % M (the spec B.2
+    scramble). ``"spatial"``: the token of modality j at position p goes to position p,
+    channel block j.
+    """
+    r, _, dim = tokens.shape
+    if layout == "spatial":
+        n = math.prod(grid)
+        tokens = tokens.view(r, num_modalities, n, dim).transpose(1, 2)  # (R, N, M, D)
+    return tokens.reshape(r, *grid, num_modalities * dim).permute(0, 4, 1, 2, 3)
 
 
 def _strides(kernel: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -309,12 +325,8 @@ class MMFormer(Backbone):
         tokens = (expand_rows(intra, rows) * keep).flatten(3).transpose(2, 3)  # (R, M, N, D)
         n = tokens.shape[2]
         x = self.inter(tokens.reshape(r, m * n, dim) + self.pos.view(1, m * n, dim), rows)
-        if self.token_layout == "official":
-            # token t -> position t // M, channel block t % M (spec B.2 scramble)
-            grid = x.reshape(r, *self.token_grid, m * dim)
-        else:
-            grid = x.view(r, m, n, dim).transpose(1, 2).reshape(r, *self.token_grid, m * dim)
-        bottom = self.inter_proj(grid.permute(0, 4, 1, 2, 3))  # (R, M * C_5, *grid)
+        grid = tokens_to_grid(x, m, self.token_grid, self.token_layout)
+        bottom = self.inter_proj(grid)  # (R, M * C_5, *grid)
         return self.decoder(list(feats[: LEVELS - 1]), bottom, mask)
 
     def separate(self, level_feats: list[torch.Tensor]) -> torch.Tensor:
