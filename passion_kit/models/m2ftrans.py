@@ -225,35 +225,56 @@ class MaskedBottleneck(nn.Module):
         keep = keep.view(b, rows, 1, 1, (m + 1) * n)
         first_attn = None
         for layer in self.layers:
-            heads = layer.num_heads
             qm, km, vm = layer.heads(mod)  # (B*M, h, N, d)
-            qf, kf, vf = layer.heads(fus)  # (R, h, N, d)
-            d = qm.shape[-1]
             # Modality tokens: attention within their own block, once per sample.
             mod_next = layer.finish(mod, layer.attend(qm, km, vm), rows=1)
-            # Fusion tokens: modality keys/values broadcast over the rows, (B, 1, h, M*N, d).
-            km = km.view(b, m, heads, n, d).transpose(1, 2).reshape(b, 1, heads, m * n, d)
-            vm = vm.view(b, m, heads, n, d).transpose(1, 2).reshape(b, 1, heads, m * n, d)
-            qf = qf.view(b, rows, heads, n, d)
-            kf = kf.view(b, rows, heads, n, d)
-            logits = torch.cat((qf @ km.transpose(-2, -1), qf @ kf.transpose(-2, -1)), dim=-1)
-            logits = logits.masked_fill(~keep, float("-inf")) * layer.scale  # (B, S, h, N, (M+1)N)
-            attn = row_dropout(
-                torch.softmax(logits, dim=-1).view(r, heads, n, -1),
-                layer.dropout,
-                rows,
-                layer.training,
-            )
+            out, attn = self._fusion_attention(layer, fus, km, vm, keep)
             if first_attn is None:
                 first_attn = attn.detach()
-            attn = attn.view(b, rows, heads, n, -1)
-            out = attn[..., : m * n] @ vm + attn[..., m * n :] @ vf.view(b, rows, heads, n, d)
-            out = out.view(r, heads, n, d).transpose(1, 2).flatten(2)  # (R, N, dim)
             fus = layer.finish(fus, out, rows)
             mod = mod_next
         weights = first_attn.sum(dim=(1, 2))[:, : m * n].view(r, m, *grid)
         mod_out = mod.view(b, m, n, dim).transpose(2, 3).reshape(b, m, dim, *grid)
         return mod_out, fus.transpose(1, 2).reshape(r, dim, *grid), weights
+
+    @staticmethod
+    def _fusion_attention(
+        layer: TransformerLayer,
+        fus: torch.Tensor,
+        km: torch.Tensor,
+        vm: torch.Tensor,
+        keep: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked attention of the fusion queries of every row.
+
+        Args:
+            layer: the current layer.
+            fus: fusion tokens (B * S, N, C), the layer input.
+            km, vm: modality keys and values of this layer, (B * M, h, N, d).
+            keep: (B, S, 1, 1, (M + 1) * N) bool, False for the absent modalities' keys.
+
+        Returns:
+            The attended values (B * S, N, C) and the attention weights after dropout,
+            (B * S, h, N, (M + 1) * N).
+        """
+        b, rows = keep.shape[:2]
+        qf, kf, vf = layer.heads(fus)  # (R, h, N, d)
+        r, heads, n, d = qf.shape
+        m = km.shape[0] // b
+        # modality keys/values once per sample, broadcast over its rows: (B, 1, h, M*N, d)
+        km = km.view(b, m, heads, n, d).transpose(1, 2).reshape(b, 1, heads, m * n, d)
+        vm = vm.view(b, m, heads, n, d).transpose(1, 2).reshape(b, 1, heads, m * n, d)
+        qf = qf.view(b, rows, heads, n, d)
+        logits = torch.cat(
+            (qf @ km.transpose(-2, -1), qf @ kf.view(b, rows, heads, n, d).transpose(-2, -1)),
+            dim=-1,
+        )  # (B, S, h, N, (M+1)*N)
+        logits = logits.masked_fill(~keep, float("-inf")) * layer.scale
+        attn = torch.softmax(logits, dim=-1).view(r, heads, n, -1)
+        attn = row_dropout(attn, layer.dropout, rows, layer.training)
+        split = attn.view(b, rows, heads, n, -1)
+        out = split[..., : m * n] @ vm + split[..., m * n :] @ vf.view(b, rows, heads, n, d)
+        return out.view(r, heads, n, d).transpose(1, 2).flatten(2), attn
 
 
 class Encoder(nn.Module):
