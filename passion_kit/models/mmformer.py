@@ -2,8 +2,9 @@
 
 Per-modality hybrid encoders (a 5-level pre-norm conv encoder, then a one-layer
 intra-modal transformer on the coarsest level), an inter-modal transformer over the
-tokens of the available modalities, a fusion decoder with deep supervision at 4
-levels and the shared unimodal ("sep") decoder.
+intra-modal tokens of all M modalities (those of absent modalities zeroed, plus their
+positional embedding), a fusion decoder with deep supervision at 4 levels and the
+shared unimodal ("sep") decoder.
 
 At the paper's setting (width 8, 4 modalities, 4 classes, 80^3 patches) it has
 35.60 M parameters, the same layer for layer as the official model.
