@@ -8,12 +8,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from passion_kit.models.base import Backbone, FusionOut
+from passion_kit.models.m2ftrans import M2FTrans
+from passion_kit.models.mmformer import MMFormer
 from passion_kit.models.rfnet import RFNet
 
-__all__ = ["Backbone", "FusionOut", "RFNet", "available_backbones", "build_backbone"]
+__all__ = [
+    "Backbone",
+    "FusionOut",
+    "M2FTrans",
+    "MMFormer",
+    "RFNet",
+    "available_backbones",
+    "build_backbone",
+]
 
 _REGISTRY: dict[str, Callable[..., Backbone]] = {
     "rfnet": RFNet,
+    "mmformer": MMFormer,
+    "m2ftrans": M2FTrans,
 }
 
 
