@@ -22,9 +22,7 @@ def _rows(path):
 @pytest.mark.parametrize("backbone", available_backbones())
 @pytest.mark.parametrize("objective", ["baseline", "passion"])
 def test_fit_writes_a_complete_run(phantom_root, tmp_path, backbone, objective):
-    cfg = tiny_config(
-        phantom_root, tmp_path, f"model.backbone={backbone}", f"objective.name={objective}"
-    )
+    cfg = tiny_config(phantom_root, tmp_path, f"objective.name={objective}", backbone=backbone)
     run = fit(cfg)
     assert {p.name for p in run.iterdir()} >= {
         "config.json",

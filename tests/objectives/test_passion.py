@@ -7,22 +7,25 @@ import torch
 
 import passion_kit as pk
 from passion_kit.data.modalities import BRATS
+from passion_kit.models import available_backbones
 from passion_kit.objectives import build_objective
+from tests.conftest import SMALLEST_PATCH
 
 SIZE = 16
 
 
-def _batch(masks, *, zero_absent=True, seed=0):
+def _batch(masks, *, zero_absent=True, seed=0, size=SIZE):
     g = torch.Generator().manual_seed(seed)
     mask = torch.tensor(masks, dtype=torch.bool)
     b = mask.shape[0]
-    image = torch.randn(b, 4, SIZE, SIZE, SIZE, generator=g)
+    image = torch.randn(b, 4, size, size, size, generator=g)
     if zero_absent:
         image = image * mask[:, :, None, None, None]
-    label = torch.zeros(b, SIZE, SIZE, SIZE, dtype=torch.long)
-    label[:, 4:12, 4:12, 4:12] = 2
-    label[:, 6:10, 6:10, 6:10] = 1
-    label[:, 7:9, 7:9, 7:9] = 3
+    label = torch.zeros(b, size, size, size, dtype=torch.long)
+    q = size // 4
+    label[:, q : 3 * q, q : 3 * q, q : 3 * q] = 2
+    label[:, q + 2 : 3 * q - 2, q + 2 : 3 * q - 2, q + 2 : 3 * q - 2] = 1
+    label[:, 2 * q - 1 : 2 * q + 1, 2 * q - 1 : 2 * q + 1, 2 * q - 1 : 2 * q + 1] = 3
     return {"image": image, "label": label, "mask": mask}
 
 
@@ -32,12 +35,23 @@ def net():
     return pk.build_backbone("rfnet", patch_size=SIZE)
 
 
+@pytest.fixture(scope="module", params=available_backbones())
+def any_net(request):
+    torch.manual_seed(0)
+    return pk.build_backbone(request.param, patch_size=SMALLEST_PATCH[request.param])
+
+
+def _size(backbone) -> int:
+    return SMALLEST_PATCH[backbone.name]
+
+
 @pytest.mark.parametrize("setting", ["idt", "pdt"])
-def test_every_mask_trains_without_nan(net, setting):
+def test_every_mask_trains_without_nan(any_net, setting):
+    net = any_net
     objective = build_objective("passion", num_modalities=4, num_classes=4)
     for mask_id in range(15):
         mask = BRATS.mask(mask_id)
-        batch = _batch([mask], zero_absent=setting == "idt", seed=mask_id)
+        batch = _batch([mask], zero_absent=setting == "idt", seed=mask_id, size=_size(net))
         net.zero_grad()
         result = objective(batch, net)
         result.loss.backward()
@@ -68,9 +82,10 @@ def _encoder_grads(net, m):
 
 
 @pytest.mark.parametrize("name", ["passion", "baseline"])
-def test_idt_no_gradient_reaches_missing_encoders(net, name):
+def test_idt_no_gradient_reaches_missing_encoders(any_net, name):
+    net = any_net
     objective = build_objective(name, num_modalities=4, num_classes=4)
-    batch = _batch([[True, False, True, False], [True, False, False, True]])
+    batch = _batch([[True, False, True, False], [True, False, False, True]], size=_size(net))
     net.zero_grad(set_to_none=True)
     objective(batch, net).loss.backward()
     for g in _encoder_grads(net, 1):  # t1c is missing in both samples
@@ -80,16 +95,17 @@ def test_idt_no_gradient_reaches_missing_encoders(net, name):
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
-def test_single_modality_samples_give_no_nan(net, batch_size):
+def test_single_modality_samples_give_no_nan(any_net, batch_size):
+    net = any_net
     masks = [BRATS.mask(2), BRATS.mask(14), BRATS.mask(3), BRATS.mask(12)][:batch_size]
     objective = build_objective("passion", num_modalities=4, num_classes=4)
-    result = objective(_batch(masks), net)
+    result = objective(_batch(masks, size=_size(net)), net)
     assert torch.isfinite(result.loss)
     assert torch.isfinite(result.per_modality["preference_score"]).all()
     if batch_size == 4:  # real students exist, so some modality lags and its gate opens
         assert result.per_modality["gate"].sum() > 0
     official = build_objective("passion", num_modalities=4, num_classes=4, skip_degenerate=False)
-    result = official(_batch(masks), net)
+    result = official(_batch(masks, size=_size(net)), net)
     assert torch.isfinite(result.loss)
     assert torch.isnan(result.per_modality["preference_score"]).all()  # spec G.2 reproduced
     assert result.per_modality["gate"].sum() == 0
@@ -153,13 +169,16 @@ def test_warmup_trains_only_the_unimodal_decoder(net):
     assert all(p.grad is None for p in net.decoder.parameters())
 
 
-def test_seeded_step_is_reproducible():
+@pytest.mark.parametrize("backbone", available_backbones())
+def test_seeded_step_is_reproducible(backbone):
+    size = SMALLEST_PATCH[backbone]
+
     def one_step():
         torch.manual_seed(123)
-        net = pk.build_backbone("rfnet", patch_size=SIZE)
+        net = pk.build_backbone(backbone, patch_size=size)
         objective = build_objective("passion", num_modalities=4, num_classes=4)
         opt = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=1e-4, amsgrad=True)
-        loss = objective(_batch([[True, True, False, True]]), net).loss
+        loss = objective(_batch([[True, True, False, True]], size=size), net).loss
         loss.backward()
         opt.step()
         return loss.item(), torch.cat([p.detach().flatten() for p in net.parameters()])
