@@ -28,7 +28,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from passion_kit.data.description import MYOPS2020, save_description
@@ -99,6 +98,8 @@ def find_myops_cases(raw_root: str | os.PathLike, *, crop: int | None = CROP) ->
     for patient in sorted(found):
         files = {k: found[patient].get(k) for k in MYOPS_FILE_SUFFIX}
         ref = next(p for p in (files["label"], files["bssfp"], files["lge"], files["t2"]) if p)
+        import nibabel as nib  # lazily: importing the kit must not need nibabel
+
         try:
             shape = nib.load(ref).shape
         except Exception as exc:  # nibabel raises many types for unreadable files

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-import nibabel as nib
 import numpy as np
 
 from passion_kit.data.prepared import PreparedCase
@@ -193,6 +192,8 @@ def uncrop(array: np.ndarray, meta: Mapping, fill: float = 0) -> np.ndarray:
 
 def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """``(array, affine)`` of a NIfTI file, with errors that name the file."""
+    import nibabel as nib  # lazily: importing the kit must not need nibabel
+
     try:
         img = nib.load(str(path))
         return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
