@@ -236,7 +236,7 @@ class PassionObjective:
         probs = F.softmax(backbone.separate(level_feats).float(), 1)
         losses = segmentation_loss(probs, y.repeat_interleave(len(mods), 0)).view(b, len(mods))
         out = y.new_zeros(b, m)
-        out[:, mods] = losses
+        out[:, mods] = losses.float()
         return out * a.float()
 
     def _student_losses(
@@ -272,9 +272,10 @@ class PassionObjective:
         real = a & ~((mask.sum(1, keepdim=True) == 1) & mask)
         weight = real.float()
         l_pix, l_proto, distance = zeros, zeros.clone(), zeros.clone()
-        l_pix[:, mods] = pix.view(b, s)
-        l_proto[:, mods] = proto.view(b, s)
-        distance[:, mods] = dist.view(b, s)
+        # (autocast may hand back bf16 from the einsums; the records stay float32)
+        l_pix[:, mods] = pix.view(b, s).float()
+        l_proto[:, mods] = proto.view(b, s).float()
+        distance[:, mods] = dist.view(b, s).float()
         return l_pix * weight, l_proto * weight, distance * weight
 
     def _measure_distance(
