@@ -285,3 +285,58 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"window": [48, 48, 48], "overlap": 0.25},
     },
 }
+
+
+def notebook_config(
+    preset: str = "cpu",
+    *,
+    dataset: str = "phantom",
+    data_root: str = "",
+    backbone: str = "rfnet",
+    objective: str = "passion",
+    missing_rates: str = "mr2468",
+    setting: str = "idt",
+    seed: int = 0,
+    epochs: int = 0,
+    patch_size: int = 0,
+    device: str = "auto",
+    run_dir: str = "runs",
+    name: str = "",
+    smoke: bool = False,
+) -> ExperimentConfig:
+    """The config of a notebook's ``parameters`` cell (0 or "" keep the preset's value).
+
+    ``smoke=True`` shrinks everything to seconds (1 epoch, the backbone's smallest patch,
+    a tiny phantom, 2 evaluation cases): what the test suite runs.
+    """
+    cfg = ExperimentConfig.preset(preset)
+    base = os.environ.get("PASSION_KIT_DATA", "./data") if not data_root else data_root
+    items = [
+        f"data.dataset={dataset}",
+        f"data.root={Path(base) / dataset}",
+        f"model.backbone={backbone}",
+        f"objective.name={objective}",
+        f"data.missing_rates={missing_rates}",
+        f"data.setting={setting}",
+        f"train.seed={seed}",
+        f"train.device={device}",
+        f"train.run_dir={run_dir}",
+    ]
+    if name:
+        items.append(f"train.name={name}")
+    if epochs:
+        items.append(f"train.epochs={epochs}")
+    if patch_size:
+        items += [f"data.patch_size={patch_size}", f"eval.window={patch_size}"]
+    if smoke:
+        smallest = 16 if backbone == "rfnet" else 32
+        items += [
+            "train.epochs=1",
+            f"data.patch_size={smallest}",
+            f"eval.window={smallest}",
+            "eval.max_cases=2",
+            "data.phantom_cases=10",
+            "data.phantom_size=32",
+            "train.progress=false",
+        ]
+    return cfg.override(items)

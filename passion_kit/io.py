@@ -19,6 +19,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_torch_save",
     "write_csv",
+    "markdown_table",
 ]
 
 TMP_PREFIX = ".tmp-"
@@ -77,3 +78,13 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
     for row in rows:
         writer.writerow({k: (float(v) if hasattr(v, "item") else v) for k, v in row.items()})
     atomic_write_text(path, buf.getvalue(), newline="")
+
+
+def markdown_table(rows: Any, *, digits: int = 4) -> str:
+    """A pandas DataFrame as a GitHub Markdown table (floats with ``digits`` decimals)."""
+    cols = [str(c) for c in rows.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in rows.iterrows():
+        cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

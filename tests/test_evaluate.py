@@ -55,6 +55,24 @@ def test_hd95_by_hand_and_empty_set_conventions():
         hd95(pred, target, convention="nan")
 
 
+@pytest.mark.parametrize("spacing", [None, (1.0, 1.5, 2.0)])
+def test_hd95_equals_monai_on_random_shapes(spacing):
+    from monai.metrics import compute_hausdorff_distance
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        a, b = (ndimage.gaussian_filter(rng.random((30, 30, 30)), 3) > 0.52 for _ in range(2))
+        expected = compute_hausdorff_distance(
+            torch.from_numpy(a[None, None].astype(np.float32)),
+            torch.from_numpy(b[None, None].astype(np.float32)),
+            include_background=True,
+            percentile=95,
+            spacing=list(spacing) if spacing else None,
+        )
+        assert hd95(a, b, spacing=spacing) == pytest.approx(float(expected), rel=1e-4)
+
+
 def test_regions_and_etpro():
     regions = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
     target = np.zeros((10, 10, 10), np.int64)

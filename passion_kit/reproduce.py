@@ -1,0 +1,195 @@
+"""Batch reproduction: run the training/evaluation notebook over a grid with papermill.
+
+Each grid point (backbone x objective x missing-rate split x seed) executes
+``notebooks/05_train_and_evaluate.ipynb`` with its parameters; the executed notebook is
+kept under ``<out>/notebooks/``, the run under ``<out>/runs/``. A point whose run is
+already evaluated is skipped, so an interrupted grid resumes where it stopped. At the
+end one table (``summary.csv`` / ``summary.md``: mean Dice over the combinations per
+point, and averaged over seeds) and one figure gather the grid.
+
+Usage::
+
+    python -m passion_kit reproduce                     # default grid: phantom, CPU
+    python -m passion_kit reproduce --grid paper        # the paper's grid (GPU, BraTS2020)
+    python -m passion_kit reproduce --objectives baseline,passion --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+
+from passion_kit.io import atomic_write_text, markdown_table
+
+__all__ = ["Grid", "GRIDS", "grid_points", "reproduce", "gather", "NOTEBOOK"]
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "05_train_and_evaluate.ipynb"
+
+
+@dataclass
+class Grid:
+    """The dimensions of a reproduction grid and the parameters every point shares."""
+
+    backbones: list[str] = field(default_factory=lambda: ["rfnet"])
+    objectives: list[str] = field(default_factory=lambda: ["baseline", "passion"])
+    missing_rates: list[str] = field(default_factory=lambda: ["mr2468"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    parameters: dict = field(default_factory=dict)  # shared notebook parameters
+
+
+GRIDS: dict[str, Grid] = {
+    # minutes on a 2-core CPU: the built-in phantom, RFNet, one split, one seed
+    "default": Grid(parameters={"preset": "cpu", "dataset": "phantom"}),
+    # the paper: three backbones, eight BraTS2020 splits, 300 epochs at 80^3 (GPU, days)
+    "paper": Grid(
+        backbones=["rfnet", "mmformer", "m2ftrans"],
+        missing_rates=[
+            "mr1379", "mr2258", "mr2285", "mr2468", "mr5528", "mr5582", "mr8825", "mr8852",
+        ],
+        seeds=[1037],
+        parameters={"preset": "brats2020-paper", "dataset": "brats2020"},
+    ),
+}  # fmt: skip
+
+
+def grid_points(grid: Grid) -> list[dict]:
+    """One parameter dict per point, with a unique ``name``."""
+    points = []
+    for backbone, objective, rates, seed in itertools.product(
+        grid.backbones, grid.objectives, grid.missing_rates, grid.seeds
+    ):
+        params = dict(grid.parameters)
+        params.update(backbone=backbone, objective=objective, missing_rates=rates, seed=seed)
+        dataset = params.get("dataset", "data")
+        params["name"] = f"{dataset}_{backbone}_{objective}_{rates}_s{seed}"
+        points.append(params)
+    return points
+
+
+def _done(out: Path, name: str) -> bool:
+    return (out / "runs" / name / "eval" / "test" / "summary.csv").exists()
+
+
+def reproduce(
+    grid: Grid | str = "default",
+    *,
+    out: str | os.PathLike = "outputs/reproduce",
+    notebook: str | os.PathLike = NOTEBOOK,
+    kernel_name: str = "python3",
+    progress: bool = True,
+    log=print,
+) -> dict[str, Path]:
+    """Execute the grid (skipping finished points) and gather its results.
+
+    Returns:
+        Paths of the executed notebooks folder, the runs folder, ``summary.csv``,
+        ``summary.md`` and the summary figure.
+    """
+    import papermill as pm
+
+    if isinstance(grid, str):
+        if grid not in GRIDS:
+            raise ValueError(f"unknown grid {grid!r}; expected one of {sorted(GRIDS)}")
+        grid = GRIDS[grid]
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise FileNotFoundError(
+            f"{notebook} not found: reproduce runs the notebooks of a source checkout "
+            f"(git clone, then pip install -e .)"
+        )
+    out = Path(out)
+    (out / "notebooks").mkdir(parents=True, exist_ok=True)
+    points = grid_points(grid)
+    for i, params in enumerate(points, 1):
+        name = params["name"]
+        executed = out / "notebooks" / f"{name}.ipynb"
+        if _done(out, name):
+            log(f"[{i}/{len(points)}] {name}: done already, skipped")
+            continue
+        log(f"[{i}/{len(points)}] {name}: running {notebook.name}")
+        started = time.perf_counter()
+        pm.execute_notebook(
+            str(notebook),
+            str(executed),
+            parameters={**params, "run_dir": str((out / "runs").resolve())},
+            kernel_name=kernel_name,
+            progress_bar=progress,
+            cwd=str(notebook.parent),
+        )
+        log(f"[{i}/{len(points)}] {name}: finished in {time.perf_counter() - started:.0f} s")
+    return gather(out, points)
+
+
+def gather(out: str | os.PathLike, points: list[dict]) -> dict[str, Path]:
+    """Collect every point's summary into one table and one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    rows = []
+    for params in points:
+        path = out / "runs" / params["name"] / "eval" / "test" / "summary.csv"
+        if not path.exists():
+            continue
+        summary = pd.read_csv(path)
+        mean = summary[summary["combination"] == "mean"].iloc[0]
+        dice = {c.removeprefix("dice_"): mean[c] for c in summary.columns if c.startswith("dice_")}
+        keys = ("backbone", "objective", "missing_rates", "seed")
+        rows.append({k: params[k] for k in keys} | dice)
+    if not rows:
+        raise RuntimeError(f"no finished point under {out / 'runs'}")
+    table = pd.DataFrame(rows)
+    regions = [
+        c for c in table.columns if c not in ("backbone", "objective", "missing_rates", "seed")
+    ]
+    by = ["backbone", "missing_rates", "objective"]
+    mean = table.groupby(by, sort=False)[regions].agg(["mean", "std", "count"]).reset_index()
+    mean.columns = [" ".join(c).strip() if isinstance(c, tuple) else c for c in mean.columns]
+    paths = {
+        "notebooks": out / "notebooks",
+        "runs": out / "runs",
+        "table": out / "summary.csv",
+        "markdown": out / "summary.md",
+        "figure": out / "summary.png",
+    }
+    atomic_write_text(paths["table"], table.to_csv(index=False))
+    lines = [
+        "# Reproduction summary",
+        "",
+        "Mean Dice over every modality combination (test split), per run and averaged over seeds.",
+        "",
+        markdown_table(table),
+        "",
+        markdown_table(mean),
+    ]
+    atomic_write_text(paths["markdown"], "\n".join(lines) + "\n")
+    labels = [" / ".join(str(v) for v in row[by]) for _, row in mean.iterrows()]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(labels) * len(regions) / 3, 3.2))
+    width = 0.8 / len(regions)
+    for j, region in enumerate(regions):
+        xs = [i + j * width for i in range(len(labels))]
+        ax.bar(
+            xs, mean[f"{region} mean"], width, yerr=mean[f"{region} std"].fillna(0), label=region
+        )
+    ax.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(labels))], labels, rotation=20, ha="right"
+    )
+    ax.set_ylabel("mean Dice over combinations")
+    ax.set_ylim(0, 1)
+    ax.legend(ncols=len(regions), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(paths["figure"], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def with_overrides(grid: Grid, **dimensions) -> Grid:
+    """A copy of ``grid`` with some dimensions replaced (``None`` keeps them)."""
+    return replace(grid, **{k: v for k, v in dimensions.items() if v is not None})
