@@ -4,6 +4,7 @@ Commands:
     info        versions, device and data root.
     train       train a run (``--preset cpu``, ``--config FILE``, then ``section.key=value``).
     evaluate    evaluate a run over every modality combination of its dataset.
+    reproduce   run the training/evaluation notebook over a grid with papermill.
     quickstart  a few PASSION training steps on CPU with RFNet on a built-in toy volume,
                 printing each modality's distance to the teacher, gate and beta.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -20,24 +20,10 @@ __all__ = ["main"]
 
 
 def _info(_: argparse.Namespace) -> int:
-    import monai
-    import numpy
-    import torch
+    from passion_kit.env import environment
 
-    import passion_kit
-
-    cuda = torch.cuda.is_available()
-    print(f"passion-kit {passion_kit.__version__}")
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"monai {monai.__version__}, numpy {numpy.__version__}"
-    )
-    print(
-        f"device: {'cuda (' + torch.cuda.get_device_name(0) + ')' if cuda else 'cpu'}, "
-        f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
-    )
-    print(f"data root: {os.environ.get('PASSION_KIT_DATA', './data')}")
-    print(f"backbones: {', '.join(passion_kit.available_backbones())}")
+    for key, value in environment().items():
+        print(f"{key:>14}: {value}")
     return 0
 
 
@@ -139,6 +125,42 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from passion_kit.reproduce import GRIDS, reproduce, with_overrides
+
+    def listed(text: str | None, cast=str):
+        return [cast(v) for v in text.split(",") if v] if text else None
+
+    grid = with_overrides(
+        GRIDS[args.grid],
+        backbones=listed(args.backbones),
+        objectives=listed(args.objectives),
+        missing_rates=listed(args.missing_rates),
+        seeds=listed(args.seeds, int),
+    )
+    extra = dict(grid.parameters)
+    for item in args.parameters:
+        key, _, value = item.partition("=")
+        extra[key] = _literal(value)
+    grid.parameters = extra
+    started = time.perf_counter()
+    paths = reproduce(grid, out=args.out)
+    print(paths["markdown"].read_text())
+    print(f"finished in {time.perf_counter() - started:.0f} s")
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m passion_kit", description=__doc__.split("\n")[0]
@@ -165,6 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--hd95", choices=["official", "brats"], help="empty-set convention")
     evaluate.add_argument("--max-cases", type=int, help="evaluate only the first N cases")
     evaluate.set_defaults(func=_evaluate)
+    rep = sub.add_parser("reproduce", help="run the notebooks over a grid (papermill)")
+    rep.add_argument("--grid", default="default", choices=["default", "paper"])
+    rep.add_argument("--backbones", help="comma-separated, e.g. rfnet,mmformer")
+    rep.add_argument("--objectives", help="comma-separated, e.g. baseline,passion")
+    rep.add_argument("--missing-rates", help="comma-separated split names, e.g. mr2468,mr1379")
+    rep.add_argument("--seeds", help="comma-separated, e.g. 0,1,2")
+    rep.add_argument("--out", default="outputs/reproduce")
+    rep.add_argument("parameters", nargs="*", help="notebook parameters, e.g. epochs=8")
+    rep.set_defaults(func=_reproduce)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -55,6 +55,7 @@ __all__ = [
     "evaluate_cases",
     "summarize",
     "evaluate_run",
+    "ensure_evaluated",
     "load_run",
     "save_prediction_nifti",
 ]
@@ -342,6 +343,19 @@ def save_prediction_nifti(
     out.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(volume, np.asarray(meta["original_affine"])), str(out))
     return out
+
+
+def ensure_evaluated(run_dir: str | os.PathLike, split: str = "test", **options) -> dict[str, Path]:
+    """The tables of ``evaluate_run``, computed only if the run has none for ``split`` yet."""
+    out = Path(run_dir) / "eval" / split
+    paths = {
+        "per_case": out / "per_case.csv",
+        "summary": out / "summary.csv",
+        "markdown": out / "summary.md",
+    }
+    if all(p.exists() for p in paths.values()):
+        return paths
+    return evaluate_run(run_dir, split=split, **options)
 
 
 def evaluate_run(
