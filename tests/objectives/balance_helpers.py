@@ -87,7 +87,7 @@ def train_rfnet(name: str, **options):
         stays finite along the way.
     """
     torch.manual_seed(0)
-    net = pk.build_backbone("rfnet", patch_size=SIZE, width=4)
+    net = pk.build_backbone("rfnet", patch_size=SIZE, width=8)
     objective = build_objective(name, num_modalities=4, num_classes=4, **options)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=1e-4, amsgrad=True)
     results = []

@@ -10,8 +10,18 @@ from balance_helpers import ToyBackbone, dominance_batch, train_rfnet
 from torch import nn
 
 from passion_kit.objectives import build_objective
-from passion_kit.objectives.common import relative_confidence
+from passion_kit.objectives.common import relative_confidence, true_class_confidence
 from passion_kit.objectives.ogm_ge import modulate_gradients, ogm_coefficients
+
+
+def test_confidence_is_class_balanced():
+    # 9 background voxels at p = 0.9, one lesion voxel at p = 0.2 (of its true class).
+    probs = torch.tensor([[0.9] * 9 + [0.8], [0.1] * 9 + [0.2]]).view(1, 2, 10, 1, 1)
+    y = torch.zeros(1, 2, 10, 1, 1)
+    y[0, 0, :9], y[0, 1, 9] = 1, 1
+    assert true_class_confidence(probs, y).item() == pytest.approx((0.9 + 0.2) / 2)
+    rows = torch.cat((probs, probs.flip(1)))  # two rows (students) of the same sample
+    assert true_class_confidence(rows, y).tolist() == pytest.approx([0.55, 0.45])
 
 
 def test_relative_confidence_compares_within_samples():
@@ -80,6 +90,16 @@ def test_noise_has_the_gradient_std_and_spares_absent_modalities():
     assert abs(residual.mean()) < 0.05
     assert torch.equal(net.encoders[1].weight.grad, g1)  # absent: neither scaled nor noised
     assert (net.encoders[0].bias.grad == 0).all()  # biases are not modulated
+
+
+def test_absent_modality_encoder_gets_no_noise():
+    net = ToyBackbone(num_modalities=3)
+    objective = build_objective("ogm_ge", num_modalities=3, num_classes=2)
+    batch = dominance_batch([3.0, 0.2, 1.0], [[True, True, False], [True, True, False]])
+    objective(batch, net).loss.backward()
+    objective.after_backward(net)
+    assert (net.encoders[2].weight.grad == 0).all()  # absent everywhere: still no update
+    assert (net.encoders[1].weight.grad != 0).all()
 
 
 def test_no_modulation_outside_the_window():
