@@ -176,26 +176,31 @@ class BalanceState:
     """Epoch counter and per-epoch running means of per-modality values.
 
     ``add(key, values, weights)`` accumulates weighted sums; ``close_epoch`` returns the
-    weighted means (NaN for a modality with zero weight, i.e. never observed this epoch),
-    resets them and advances the epoch.
+    weighted mean of every key in ``keys`` (NaN for a modality with zero weight, i.e. not
+    observed this epoch, so a plot shows a gap), resets them and advances the epoch.
+    Every epoch's record has the same keys, so it can be one row per (epoch, modality).
     """
 
     num_modalities: int
+    keys: tuple[str, ...] = ()
     epoch: int = 0
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def add(self, key: str, values: torch.Tensor, weights: torch.Tensor) -> None:
+        assert key in self.keys, f"{key!r} is not one of the recorded keys {self.keys}"
         zero = torch.zeros(self.num_modalities, dtype=torch.float64)
         w = weights.detach().double().cpu()
         self.sums[key] = self.sums.get(key, zero) + values.detach().double().cpu() * w
         self.weights[key] = self.weights.get(key, zero) + w
 
     def means(self) -> dict[str, torch.Tensor]:
-        return {
-            k: torch.where(w > 0, self.sums[k] / w.clamp_min(1e-12), torch.nan).float()
-            for k, w in self.weights.items()
-        }
+        out = {}
+        for key in self.keys:
+            w = self.weights.get(key, torch.zeros(self.num_modalities, dtype=torch.float64))
+            total = self.sums.get(key, torch.zeros_like(w))
+            out[key] = torch.where(w > 0, total / w.clamp_min(1e-12), torch.nan).float()
+        return out
 
     def close_epoch(self) -> dict[str, list[float]]:
         record = {k: v.tolist() for k, v in self.means().items()}
@@ -248,6 +253,7 @@ class BalancingObjective:
     """
 
     name = "balancing"
+    record_keys: tuple[str, ...] = ("coefficient",)  # per-modality keys of the epoch record
 
     def __init__(
         self,
@@ -273,7 +279,7 @@ class BalancingObjective:
         self.weight_sep = weight_sep
         self.students = students
         self.reduction = reduction
-        self.state = BalanceState(num_modalities)
+        self.state = BalanceState(num_modalities, keys=self.record_keys)
 
     def __call__(self, batch: dict, backbone: Backbone) -> StepResult:  # pragma: no cover
         raise NotImplementedError

@@ -131,6 +131,7 @@ class OGMGEObjective(BalancingObjective):
     """
 
     name = "ogm_ge"
+    record_keys = ("coefficient", "confidence", "ratio")
 
     def __init__(
         self,

@@ -124,6 +124,14 @@ def pmr_rebalance(ratio: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tenso
     return stimulate, suppress
 
 
+def _per_modality(values: torch.Tensor, mods: list[int], compared: torch.Tensor) -> torch.Tensor:
+    """(B * S,) values of the students ``mods`` -> (B, M), 0 where not compared."""
+    b, m = compared.shape
+    out = values.new_zeros(b, m)
+    out[:, mods] = values.view(b, len(mods))
+    return out * compared
+
+
 class PMRObjective(BalancingObjective):
     """Baseline loss plus PMR's prototype cross-entropy and entropy terms.
 
@@ -139,6 +147,7 @@ class PMRObjective(BalancingObjective):
     """
 
     name = "pmr"
+    record_keys = ("coefficient", "confidence", "ratio", "pce_weight", "entropy_weight")
 
     def __init__(
         self,
@@ -198,14 +207,10 @@ class PMRObjective(BalancingObjective):
         coefficient = torch.ones(m)
 
         if mods:
-            feature = out.feature.view(b, rows, *out.feature.shape[1:])[:, 1:].flatten(0, 1)
-            pce_r, conf_r, ent_r = prototype_terms(feature, step.y)
-            pce, conf, ent = (step.y.new_zeros(b, m) for _ in range(3))
-            pce[:, mods], conf[:, mods], ent[:, mods] = (
-                t.view(b, len(mods)) for t in (pce_r, conf_r, ent_r)
+            feature = out.feature.reshape(b, rows, *out.feature.shape[1:])[:, 1:].flatten(0, 1)
+            pce, conf, ent = (
+                _per_modality(t, mods, compared) for t in prototype_terms(feature, step.y)
             )
-            c = compared.to(pce.dtype)
-            pce, conf, ent = pce * c, conf * c, ent * c
             ratio, valid = relative_confidence(conf, compared)
             stimulate, suppress = pmr_rebalance(ratio, valid)
             if self.state.epoch >= self.entropy_epochs:

@@ -37,7 +37,6 @@ samples), ``relative_advantage`` and ``eta``; per step ``coefficient`` and ``sep
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -90,6 +89,7 @@ class RedCoreObjective(BalancingObjective):
     """
 
     name = "redcore"
+    record_keys = ("loss",)
 
     def __init__(
         self,
@@ -125,7 +125,7 @@ class RedCoreObjective(BalancingObjective):
         self.eta_factor = eta_factor
         self.eta_every = eta_every
         self.beta_range = (float(low), float(high))
-        self.state = RedCoreState(num_modalities)
+        self.state = RedCoreState(num_modalities, keys=self.record_keys)
 
     def __call__(self, batch: dict, backbone: Backbone) -> StepResult:
         step = self._begin(batch, backbone)
@@ -143,14 +143,13 @@ class RedCoreObjective(BalancingObjective):
     def end_epoch(self) -> dict[str, list[float]]:
         """Update beta from the epoch's relative advantage; returns the epoch's record."""
         m = self.num_modalities
-        mean_loss = self.state.means().get("loss", torch.full((m,), math.nan))
+        mean_loss = self.state.means()["loss"]
         ra = relative_advantage(mean_loss)
         eta = eta_for_epoch(self.state.epoch, self.eta, self.eta_factor, self.eta_every)
         low, high = self.beta_range
         self.state.coefficient = update_beta(self.state.coefficient, ra, eta, low=low, high=high)
         record = self.state.close_epoch()
         record.update(
-            loss=mean_loss.tolist(),
             relative_advantage=ra.tolist(),
             coefficient=self.state.coefficient.tolist(),
             eta=[eta] * m,

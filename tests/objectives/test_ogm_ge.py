@@ -113,7 +113,13 @@ def test_no_modulation_outside_the_window():
     grad = net.encoders[0].weight.grad.clone()
     objective.after_backward(net)
     assert torch.equal(net.encoders[0].weight.grad, grad)
-    objective.end_epoch()
+    record = objective.end_epoch()  # same keys every epoch; NaN = not measured
+    assert record["coefficient"] == [1.0, 1.0] and set(record) == {
+        "coefficient",
+        "confidence",
+        "ratio",
+    }
+    assert all(math.isnan(x) for x in record["confidence"])
     assert objective.modulating
 
 
