@@ -107,12 +107,15 @@ def modulate_gradients(
         for p in modality_parameters(backbone, m):
             if p.grad is None or p.dim() < 2:
                 continue
+            # In place, so gradients that are views (e.g. DDP buckets) stay attached.
             g = p.grad
+            extra = None
             if noise:
                 std = g.std() if g.numel() > 1 else g.new_zeros(())
-                p.grad = g * k + torch.randn_like(g) * (std + 1e-8)
-            elif k != 1.0:
-                p.grad = g * k
+                extra = torch.randn_like(g) * (std + 1e-8)
+            g.mul_(k)
+            if extra is not None:
+                g.add_(extra)
 
 
 class OGMGEObjective(BalancingObjective):
