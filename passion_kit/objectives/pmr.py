@@ -194,9 +194,8 @@ class PMRObjective(BalancingObjective):
         step = self._begin(batch, backbone)
         b, m = step.mask.shape
         compared = comparable(step.available)
-        mods = [int(i) for i in torch.nonzero(compared.any(0)).flatten()]
-        if not self.modulating:
-            mods = []
+        # Students only for modalities that can be compared, and only inside the window.
+        mods = [int(i) for i in torch.nonzero(compared.any(0)).flatten()] if self.modulating else []
         rows = 1 + len(mods)
         out = backbone.fuse(step.feats, student_masks(step.mask, mods, teacher=True))
         terms = self._teacher_terms(out.rows(slice(0, None, rows)), step.y)
