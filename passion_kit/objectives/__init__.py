@@ -1,7 +1,7 @@
 """Training objectives over the backbone interface, selectable by name.
 
-``build_objective("passion" | "baseline", num_modalities=..., num_classes=..., **options)``.
-An objective never imports a concrete backbone.
+``build_objective("passion" | "baseline" | "ogm_ge" | "pmr" | "redcore", num_modalities=...,
+num_classes=..., **options)``. An objective never imports a concrete backbone.
 """
 
 from __future__ import annotations
@@ -9,19 +9,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from passion_kit.objectives.base import StepResult
+from passion_kit.objectives.ogm_ge import OGMGEObjective
 from passion_kit.objectives.passion import BaselineObjective, PassionObjective
+from passion_kit.objectives.pmr import PMRObjective
+from passion_kit.objectives.redcore import RedCoreObjective
 
 __all__ = [
     "BaselineObjective",
+    "OGMGEObjective",
+    "PMRObjective",
     "PassionObjective",
+    "RedCoreObjective",
     "StepResult",
     "available_objectives",
     "build_objective",
 ]
 
-_REGISTRY: dict[str, Callable[..., PassionObjective]] = {
+_REGISTRY: dict[str, Callable[..., object]] = {
     "baseline": BaselineObjective,
     "passion": PassionObjective,
+    "ogm_ge": OGMGEObjective,
+    "pmr": PMRObjective,
+    "redcore": RedCoreObjective,
 }
 
 

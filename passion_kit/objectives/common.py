@@ -1,0 +1,324 @@
+"""What the modality-balancing objectives (OGM-GE, PMR, RedCore) share.
+
+Every balancing objective trains the baseline's terms (spec D.4: fused segmentation,
+deep supervision, unimodal "sep" losses) and adds its own balancing on top. This module
+holds the parts they have in common:
+
+- :class:`BalancingObjective`: the trainer-facing surface (``name``, ``state``,
+  ``__call__``, ``after_backward``, ``end_epoch``) and the baseline's terms.
+- :func:`separate_outputs`: unimodal losses and confidences from the shared sep decoder.
+- :func:`true_class_confidence`: the segmentation analogue of "softmax probability of the
+  label" that OGM-GE and PMR compare between modalities.
+- :func:`relative_confidence`: each modality's confidence relative to the other modalities
+  *of the same samples* (so case difficulty cancels out under imbalanced missing rates).
+- :func:`modality_parameters`: the parameters that belong to one modality only.
+- :class:`BalanceState`: per-epoch running means plus the epoch counter, checkpointable.
+
+Convention shared by all three: a per-modality ``coefficient`` of 1 means "left alone",
+below 1 "slowed down" (dominant) and above 1 "sped up" (lagging), like PASSION's beta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from passion_kit.losses import deep_supervision_loss, segmentation_loss
+from passion_kit.models.base import Backbone, FusionOut
+from passion_kit.objectives.base import StepResult, check_batch, one_hot
+
+__all__ = [
+    "BalanceState",
+    "BalancingObjective",
+    "StepInputs",
+    "comparable",
+    "modality_parameters",
+    "relative_confidence",
+    "separate_outputs",
+    "student_masks",
+    "true_class_confidence",
+]
+
+
+def true_class_confidence(probs: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
+    """Class-balanced probability of the true class, one value per row.
+
+    ``mean_{k present} mean_{v in class k} p_k(v)``. The plain voxel mean would measure
+    the background alone (about 98% of a BraTS patch), so each class present in the
+    sample counts equally, like a balanced accuracy.
+
+    Args:
+        probs: (R, K, *sp) probabilities; R may be B * S (row r is sample r // S).
+        target_onehot: (B, K, *sp) one-hot target.
+
+    Returns:
+        (R,) detached confidences in [0, 1].
+    """
+    y = target_onehot.to(probs.dtype).flatten(2)
+    if probs.shape[0] % y.shape[0] or probs.shape[1:] != target_onehot.shape[1:]:
+        raise ValueError(
+            f"probs {tuple(probs.shape)} must match target_onehot "
+            f"{tuple(target_onehot.shape)}, with a multiple of its batch size"
+        )
+    y = y.repeat_interleave(probs.shape[0] // y.shape[0], 0)
+    count = y.sum(-1)  # (R, K)
+    per_class = (probs.detach().flatten(2) * y).sum(-1) / count.clamp_min(1.0)
+    present = (count > 0).to(probs.dtype)
+    return (per_class * present).sum(1) / present.sum(1)
+
+
+def comparable(available: torch.Tensor) -> torch.Tensor:
+    """(B, M) bool: modality m is available in sample n *and* n has another modality.
+
+    Balancing compares modalities inside one fusion; a single-modality sample has
+    nothing to compare (its fused prediction is already unimodal), so it is left out.
+    """
+    return available & (available.sum(1, keepdim=True) >= 2)
+
+
+def relative_confidence(
+    confidence: torch.Tensor, compared: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each modality's confidence relative to the other modalities of the same samples.
+
+    ``rho_m = sum_n s_nm / sum_n mean_{j != m} s_nj`` over the samples n where m is
+    compared (``compared[n, m]``), the mean running over the other compared modalities
+    of sample n. With two modalities always present this is OGM-GE's and PMR's
+    ``rho = sum s_a / sum s_v``; with missing modalities it compares a modality only with
+    what was fused alongside it, so an easy case seen by one modality cannot make it
+    look dominant.
+
+    Args:
+        confidence: (B, M) per-sample confidences (values where not compared are ignored).
+        compared: (B, M) bool, see :func:`comparable`.
+
+    Returns:
+        ``(ratio, valid)``, each (M,): ``ratio > 1`` means more confident than the
+        others (dominant); ``valid`` is False (and ratio 1) where m was never compared.
+    """
+    if confidence.shape != compared.shape or confidence.dim() != 2:
+        raise ValueError(
+            f"confidence and compared must both be (B, M), got {tuple(confidence.shape)} "
+            f"and {tuple(compared.shape)}"
+        )
+    c = compared.to(confidence.dtype)
+    s = confidence * c
+    others = (s.sum(1, keepdim=True) - s) / (c.sum(1, keepdim=True) - 1).clamp_min(1.0)
+    num = s.sum(0)
+    den = (others * c).sum(0)
+    valid = compared.any(0) & (den > 0)
+    ratio = torch.where(valid, num / den.clamp_min(1e-12), torch.ones_like(num))
+    return ratio, valid
+
+
+def student_masks(mask: torch.Tensor, mods: list[int], *, teacher: bool) -> torch.Tensor:
+    """Fuse rows per sample: its own mask first if ``teacher``, then ``e_m`` for m in mods.
+
+    Returns:
+        (B * S, M) bool with S = len(mods) + teacher; row r belongs to sample r // S.
+    """
+    b, m = mask.shape
+    eye = torch.eye(m, dtype=torch.bool, device=mask.device)
+    rows = [mask.unsqueeze(1)] if teacher else []
+    rows.append(eye[mods].unsqueeze(0).expand(b, -1, -1))
+    return torch.cat(rows, 1).reshape(-1, m)
+
+
+def separate_outputs(
+    backbone: Backbone, feats: list[torch.Tensor], available: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unimodal ("sep") decoder losses and confidences of every available modality.
+
+    Returns:
+        ``(loss, confidence)``, each (B, M) and 0 where ``available`` is False; the loss
+        carries gradient, the confidence (:func:`true_class_confidence`) does not.
+    """
+    b, m = available.shape
+    mods = [int(i) for i in torch.nonzero(available.any(0)).flatten()]
+    level_feats = [f[:, mods].flatten(0, 1) for f in feats]  # (B * |mods|, C_l, *sp)
+    probs = F.softmax(backbone.separate(level_feats).float(), 1)
+    losses = segmentation_loss(probs, y.repeat_interleave(len(mods), 0)).view(b, len(mods))
+    loss, conf = y.new_zeros(b, m), y.new_zeros(b, m)
+    loss[:, mods] = losses
+    conf[:, mods] = true_class_confidence(probs, y).view(b, len(mods))
+    af = available.to(y.dtype)
+    return loss * af, conf * af
+
+
+def modality_parameters(backbone: nn.Module, modality: int) -> Iterator[nn.Parameter]:
+    """The parameters that only modality ``modality`` uses (its encoder).
+
+    Uses ``backbone.modality_parameters(m)`` when the backbone defines it (needed where a
+    modality owns more than its encoder, e.g. mmFormer's per-modality transformer), else
+    ``backbone.encoders[m]``.
+
+    Raises:
+        TypeError: when the backbone offers neither.
+    """
+    if hasattr(backbone, "modality_parameters"):
+        return iter(backbone.modality_parameters(modality))
+    encoders = getattr(backbone, "encoders", None)
+    if isinstance(encoders, nn.ModuleList):
+        return encoders[modality].parameters()
+    raise TypeError(
+        f"{type(backbone).__name__} has neither modality_parameters(m) nor an `encoders` "
+        "ModuleList: gradient modulation cannot find each modality's parameters"
+    )
+
+
+@dataclass
+class BalanceState:
+    """Epoch counter and per-epoch running means of per-modality values.
+
+    ``add(key, values, weights)`` accumulates weighted sums; ``close_epoch`` returns the
+    weighted mean of every key in ``keys`` (NaN for a modality with zero weight, i.e. not
+    observed this epoch, so a plot shows a gap), resets them and advances the epoch.
+    Every epoch's record has the same keys, so it can be one row per (epoch, modality).
+    """
+
+    num_modalities: int
+    keys: tuple[str, ...] = ()
+    epoch: int = 0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, key: str, values: torch.Tensor, weights: torch.Tensor) -> None:
+        assert key in self.keys, f"{key!r} is not one of the recorded keys {self.keys}"
+        zero = torch.zeros(self.num_modalities, dtype=torch.float64)
+        w = weights.detach().double().cpu()
+        self.sums[key] = self.sums.get(key, zero) + values.detach().double().cpu() * w
+        self.weights[key] = self.weights.get(key, zero) + w
+
+    def means(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for key in self.keys:
+            w = self.weights.get(key, torch.zeros(self.num_modalities, dtype=torch.float64))
+            total = self.sums.get(key, torch.zeros_like(w))
+            out[key] = torch.where(w > 0, total / w.clamp_min(1e-12), torch.nan).float()
+        return out
+
+    def close_epoch(self) -> dict[str, list[float]]:
+        record = {k: v.tolist() for k, v in self.means().items()}
+        self.sums, self.weights = {}, {}
+        self.epoch += 1
+        return record
+
+    def state_dict(self) -> dict:
+        def copy(v):
+            if isinstance(v, dict):
+                return {k: t.clone() for k, t in v.items()}
+            return v.clone() if isinstance(v, torch.Tensor) else v
+
+        return {key: copy(value) for key, value in self.__dict__.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        unknown = set(state) - set(self.__dict__)
+        if unknown:
+            raise ValueError(f"unknown {type(self).__name__} keys: {sorted(unknown)}")
+        for key, value in state.items():
+            if isinstance(value, dict):
+                value = {k: t.clone() for k, t in value.items()}
+            elif isinstance(value, torch.Tensor):
+                value = value.clone()
+            setattr(self, key, value)
+
+
+@dataclass
+class StepInputs:
+    """What every balancing step computes first (see :meth:`BalancingObjective._begin`)."""
+
+    feats: list[torch.Tensor]  # per level (B, M, C_l, *sp)
+    y: torch.Tensor  # (B, K, *sp) one-hot
+    mask: torch.Tensor  # (B, M) the fusion masks
+    available: torch.Tensor  # (B, M) modalities with a unimodal loss
+    sep_loss: torch.Tensor  # (B, M), with gradient
+    sep_confidence: torch.Tensor  # (B, M), detached
+
+
+class BalancingObjective:
+    """Base of the balancing objectives: the baseline's terms and the trainer surface.
+
+    Args:
+        num_modalities: M.
+        num_classes: K.
+        weight_sep: weight of the unimodal losses (1, as the baseline).
+        students: modalities with a unimodal loss: ``"available"`` (the sample's mask) or
+            ``"all"`` (official HEAD in PDT), as the baseline.
+        reduction: ``"mean"`` (default) or ``"sum"`` (official) over the batch.
+    """
+
+    name = "balancing"
+    record_keys: tuple[str, ...] = ("coefficient",)  # per-modality keys of the epoch record
+
+    def __init__(
+        self,
+        *,
+        num_modalities: int,
+        num_classes: int,
+        weight_sep: float = 1.0,
+        students: Literal["available", "all"] = "available",
+        reduction: Literal["mean", "sum"] = "mean",
+    ) -> None:
+        if not isinstance(num_modalities, int) or num_modalities < 2:
+            raise ValueError(f"num_modalities must be an int >= 2, got {num_modalities!r}")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if students not in ("available", "all"):
+            raise ValueError(f"students must be 'available' or 'all', got {students!r}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if weight_sep < 0:
+            raise ValueError(f"weight_sep must be >= 0, got {weight_sep}")
+        self.num_modalities = num_modalities
+        self.num_classes = num_classes
+        self.weight_sep = weight_sep
+        self.students = students
+        self.reduction = reduction
+        self.state = BalanceState(num_modalities, keys=self.record_keys)
+
+    def __call__(self, batch: dict, backbone: Backbone) -> StepResult:  # pragma: no cover
+        raise NotImplementedError
+
+    def after_backward(self, backbone: Backbone) -> None:
+        """Hook between ``loss.backward()`` and ``optimizer.step()``; nothing by default."""
+
+    def end_epoch(self) -> dict[str, list[float]]:
+        """Close the epoch; returns its per-modality record (means over the epoch)."""
+        return self.state.close_epoch()
+
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Reduce over the batch (dim 0)."""
+        return x.mean(0) if self.reduction == "mean" else x.sum(0)
+
+    def _begin(self, batch: dict, backbone: Backbone) -> StepInputs:
+        """Check the batch, encode every modality once, run the unimodal decoder."""
+        image, label, mask = check_batch(batch, self.num_modalities)
+        device = image.device
+        y = one_hot(label.to(device), self.num_classes, torch.float32)
+        mask = mask.to(device)
+        feats = backbone.encode(image)
+        available = mask if self.students == "available" else torch.ones_like(mask)
+        sep_loss, sep_conf = separate_outputs(backbone, feats, available, y)
+        return StepInputs(feats, y, mask, available, sep_loss, sep_conf)
+
+    def _teacher_terms(self, teacher: FusionOut, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``L_fuse`` and ``L_ds`` of the multimodal (teacher) pass, reduced over the batch."""
+        return {
+            "fuse": self._reduce(segmentation_loss(F.softmax(teacher.logits.float(), 1), y)),
+            "deep": self._reduce(deep_supervision_loss([d.float() for d in teacher.deep], y)),
+        }
+
+    @staticmethod
+    def _result(
+        loss: torch.Tensor, terms: dict[str, torch.Tensor], per_modality: dict[str, torch.Tensor]
+    ) -> StepResult:
+        return StepResult(
+            loss=loss,
+            terms={k: float(v.detach()) for k, v in terms.items()},
+            per_modality={k: v.detach().float().cpu() for k, v in per_modality.items()},
+        )
