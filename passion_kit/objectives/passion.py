@@ -44,6 +44,7 @@ from passion_kit.losses import (
 )
 from passion_kit.models.base import Backbone, FusionOut
 from passion_kit.objectives.base import StepResult, check_batch, one_hot
+from passion_kit.objectives.common import separate_outputs, student_masks
 from passion_kit.preference import PreferenceState, iteration_preference, task_gate
 
 __all__ = ["PassionObjective", "BaselineObjective"]
@@ -149,7 +150,7 @@ class PassionObjective:
         a = mask if self.students == "available" else torch.ones_like(mask)
         af = a.float()
 
-        l_sep = self._separate_losses(backbone, feats, a, y)
+        l_sep = separate_outputs(backbone, feats, a, y)[0]
         per_mod: dict[str, torch.Tensor] = {"sep": self._reduce(l_sep).detach()}
         if self.state.in_warmup:
             # Warm-up (spec D.3): only the unimodal decoders train (beta * omega for PASSION).
@@ -163,7 +164,7 @@ class PassionObjective:
 
         student_mods = self._student_modalities(mask, a) if self.enabled else []
         rows = 1 + len(student_mods)
-        out = backbone.fuse(feats, _row_masks(mask, student_mods))
+        out = backbone.fuse(feats, student_masks(mask, student_mods, teacher=True))
         teacher = out.rows(slice(0, None, rows))
         terms: dict[str, torch.Tensor] = {
             "fuse": self._reduce(segmentation_loss(F.softmax(teacher.logits.float(), 1), y)),
@@ -226,19 +227,6 @@ class PassionObjective:
         real = a & ~(single & mask)
         return [int(i) for i in torch.nonzero(real.any(0)).flatten()]
 
-    def _separate_losses(
-        self, backbone: Backbone, feats: list[torch.Tensor], a: torch.Tensor, y: torch.Tensor
-    ) -> torch.Tensor:
-        """(B, M) unimodal-decoder losses, zero where ``a`` is False."""
-        b, m = a.shape
-        mods = [int(i) for i in torch.nonzero(a.any(0)).flatten()]
-        level_feats = [f[:, mods].flatten(0, 1) for f in feats]  # (B * |mods|, C_l, *sp)
-        probs = F.softmax(backbone.separate(level_feats).float(), 1)
-        losses = segmentation_loss(probs, y.repeat_interleave(len(mods), 0)).view(b, len(mods))
-        out = y.new_zeros(b, m)
-        out[:, mods] = losses.float()
-        return out * a.float()
-
     def _student_losses(
         self,
         out: FusionOut,
@@ -288,16 +276,8 @@ class PassionObjective:
     ) -> torch.Tensor:
         """Baseline only: D of every student, measured without gradient."""
         mods = self._student_modalities(mask, a)
-        out = backbone.fuse(feats, _row_masks(mask, mods))
+        out = backbone.fuse(feats, student_masks(mask, mods, teacher=True))
         return self._student_losses(out, 1 + len(mods), mods, mask, a, y)[2]
-
-
-def _row_masks(mask: torch.Tensor, mods: list[int]) -> torch.Tensor:
-    """(B * (1 + S), M) fuse rows per sample: its own mask (teacher), then e_m for m in mods."""
-    b, m = mask.shape
-    eye = torch.eye(m, dtype=torch.bool, device=mask.device)
-    students = eye[mods].unsqueeze(0).expand(b, -1, -1)
-    return torch.cat((mask.unsqueeze(1), students), 1).reshape(b * (1 + len(mods)), m)
 
 
 def BaselineObjective(**kwargs) -> PassionObjective:  # noqa: N802 - reads as a class
