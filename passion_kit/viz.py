@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -70,10 +71,8 @@ RunLike = str | os.PathLike | pd.DataFrame
 
 def region_colors(regions: Sequence[str]) -> dict[str, str]:
     """One colour per region: :data:`REGION_COLORS` for BraTS names, a fixed cycle otherwise."""
-    out, extra = {}, iter(_EXTRA_COLORS * (len(regions) // len(_EXTRA_COLORS) + 1))
-    for name in regions:
-        out[name] = REGION_COLORS.get(name) or next(extra)
-    return out
+    extra = itertools.cycle(_EXTRA_COLORS)
+    return {name: REGION_COLORS.get(name) or next(extra) for name in regions}
 
 
 def modality_colors(modalities: Sequence[str]) -> dict[str, str]:
@@ -126,10 +125,9 @@ def tumour_centre(label: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(fg.sum(axis=tuple(a for a in range(3) if a != k)).argmax()) for k in range(3))
 
 
-def _overlay(ax, label2d: np.ndarray, regions: Mapping[str, Sequence[int]], alpha: float) -> None:
+def _overlay(ax, label2d: np.ndarray, regions: Mapping, colors: Mapping, alpha: float) -> None:
     """Colour each voxel by the smallest region holding it, so nested regions (ET in TC in
     WT) keep their pure colours instead of blending."""
-    colors = region_colors(list(regions))
     rgba = np.zeros((*label2d.T.shape, 4))
     order = sorted(regions, key=lambda r: -int(np.isin(label2d, regions[r]).sum()))
     for name in order:
@@ -188,11 +186,9 @@ def plot_case(
     if not 0 <= background < len(modalities):
         raise ValueError(f"background must be a channel in [0, {len(modalities) - 1}]")
     shown = {r: regions[r] for r in (show_regions if show_regions is not None else regions)}
-    centre = (
-        tuple(centre)
-        if centre is not None
-        else tumour_centre(label if label is not None else np.zeros(image.shape[1:]))
-    )
+    colors = region_colors(list(regions))
+    if centre is None:
+        centre = tumour_centre(label if label is not None else np.zeros(image.shape[1:]))
     index = {"sagittal": centre[0], "coronal": centre[1], "axial": centre[2]}
     columns = [(m, i) for i, m in enumerate(modalities)]
     columns += [
@@ -215,12 +211,12 @@ def plot_case(
                 gray, cmap="gray", origin="lower", vmin=lo, vmax=hi, alpha=0.25 if faded else 1
             )
             if not isinstance(content, int):
-                _overlay(ax, plane_slice(np.asarray(content), plane, index[plane]), shown, alpha)
+                content = plane_slice(np.asarray(content), plane, index[plane])
+                _overlay(ax, content, shown, colors, alpha)
             if row == 0:
                 ax.set_title(f"{name}\n(missing)" if faded else name, fontsize=9)
             if col == 0:
                 ax.set_ylabel(f"{plane} {index[plane]}", fontsize=9)
-    colors = region_colors(list(regions))
     fig.legend(
         handles=[Patch(color=colors[r], alpha=0.8, label=r) for r in shown],
         loc="outside lower center",
@@ -234,16 +230,19 @@ def plot_case(
 
 
 # --- training dynamics --------------------------------------------------------------------
+def _read_table(run: RunLike, inside: str, hint: str) -> pd.DataFrame:
+    """A DataFrame as it is; a CSV path; or the file ``inside`` a run directory."""
+    if isinstance(run, pd.DataFrame):
+        return run
+    path = Path(run) / inside if Path(run).is_dir() else Path(run)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {Path(inside).name} ({hint})")
+    return pd.read_csv(path)
+
+
 def read_history(run: RunLike) -> pd.DataFrame:
     """A run's ``history_modality.csv`` (a run directory or the CSV itself; DataFrames pass)."""
-    if isinstance(run, pd.DataFrame):
-        table = run
-    else:
-        path = Path(run)
-        path = path / "history_modality.csv" if path.is_dir() else path
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no history_modality.csv (train the run first)")
-        table = pd.read_csv(path)
+    table = _read_table(run, "history_modality.csv", "train the run first")
     missing = {"epoch", "modality"} - set(table.columns)
     if missing:
         raise ValueError(f"history needs columns epoch and modality, missing {sorted(missing)}")
@@ -299,15 +298,7 @@ def plot_preference(
             ax = axes[row, col]
             for name, part in table.groupby("modality", sort=False):
                 part = part.sort_values("epoch")
-                ax.plot(
-                    part["epoch"],
-                    part[metric],
-                    marker="o",
-                    ms=2.5,
-                    lw=1.4,
-                    color=colors[name],
-                    label=name,
-                )
+                ax.plot(part["epoch"], part[metric], "o-", ms=2.5, color=colors[name], label=name)
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(label, fontsize=10)
@@ -323,16 +314,7 @@ def plot_preference(
 # --- evaluation tables --------------------------------------------------------------------
 def read_summary(run: RunLike, split: str = "test") -> pd.DataFrame:
     """An evaluation ``summary.csv``: a run directory (``eval/<split>/``), the CSV, or a frame."""
-    if isinstance(run, pd.DataFrame):
-        table = run
-    else:
-        path = Path(run)
-        path = path / "eval" / split / "summary.csv" if path.is_dir() else path
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: no summary.csv (run `python -m passion_kit evaluate`)"
-            )
-        table = pd.read_csv(path)
+    table = _read_table(run, f"eval/{split}/summary.csv", "run `python -m passion_kit evaluate`")
     if "combination" not in table.columns or not any(c.startswith("dice_") for c in table):
         raise ValueError("a summary needs a combination column and dice_<region> columns")
     return table
@@ -402,7 +384,8 @@ def plot_dice_heatmap(
         ax.set_ylabel("combination" if i == 0 else "")
         for tick, region in zip(ax.get_xticklabels(), regions, strict=True):
             tick.set_color(region_colors(regions)[region])
-        ax.axhline(rows - 1, color="white", lw=2)  # the mean row
+        if table.index[-1] == "mean":
+            ax.axhline(rows - 1, color="white", lw=2)
     return _finish(fig, path)
 
 

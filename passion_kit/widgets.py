@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import html
 import os
+import shlex
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ from passion_kit.models import Backbone
 from passion_kit.viz import PLANES, figure_png, plot_case, tumour_centre
 
 __all__ = [
+    "AMP",
     "CachedCase",
     "MissingModalityExplorer",
     "explorer_command",
@@ -56,6 +58,7 @@ __all__ = [
 ]
 
 _PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # the fixed axis of (H, W, D)
+AMP = {"off": None, "bf16": torch.bfloat16}
 
 
 def explorer_overrides(data_root: str | os.PathLike = "data", *, smoke: bool = False) -> list[str]:
@@ -93,8 +96,8 @@ def explorer_command(
     smoke: bool = False,
 ) -> str:
     """The shell command that trains the explorer's checkpoint (what :func:`explorer_run` does)."""
-    args = " ".join(explorer_overrides(data_root, smoke=smoke) + [f"train.run_dir={run_dir}"])
-    return f"python -m passion_kit train --preset cpu {args}"
+    args = explorer_overrides(data_root, smoke=smoke) + [f"train.run_dir={run_dir}"]
+    return shlex.join(["python", "-m", "passion_kit", "train", "--preset", "cpu", *args])
 
 
 def explorer_run(
@@ -127,6 +130,9 @@ class CachedCase:
         window: sliding-window size.
         overlap: sliding-window overlap.
         device: where the backbone runs.
+        amp: ``"off"`` (fp32: exactly the evaluation's prediction) or ``"bf16"`` (autocast:
+            about 8x faster on a CPU with bf16 units, e.g. 0.3 s instead of 2.5 s per
+            toggle for a 48^3 case on 2 cores; about 0.5 % of the voxels may differ).
     """
 
     def __init__(
@@ -137,7 +143,10 @@ class CachedCase:
         window: Sequence[int],
         overlap: float,
         device: torch.device | str = "cpu",
+        amp: str = "off",
     ) -> None:
+        if amp not in AMP:
+            raise ValueError(f"amp must be one of {sorted(AMP)}, got {amp!r}")
         if image.dim() != 4 or image.shape[0] != backbone.num_modalities:
             raise ValueError(
                 f"image must be (M={backbone.num_modalities}, H, W, D), got {tuple(image.shape)}"
@@ -147,16 +156,20 @@ class CachedCase:
         self.window = tuple(window)
         self.overlap = overlap
         self.device = torch.device(device)
+        self.amp = amp
         self.encode_calls = 0
         self._features: dict[tuple, list[torch.Tensor]] = {}
         self._predictions: dict[tuple[bool, ...], np.ndarray] = {}
 
     def _window(self, window: torch.Tensor, coords, rows: torch.Tensor) -> torch.Tensor:
         key = tuple((s.start, s.stop) for s in coords[0][2:])  # the window's place
-        if key not in self._features:
-            self._features[key] = self.backbone.encode(window)
-            self.encode_calls += 1
-        return F.softmax(self.backbone.fuse(self._features[key], rows).logits.float(), 1)
+        dtype = AMP[self.amp]
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            if key not in self._features:
+                self._features[key] = self.backbone.encode(window)
+                self.encode_calls += 1
+            logits = self.backbone.fuse(self._features[key], rows).logits
+        return F.softmax(logits.float(), 1)
 
     @torch.no_grad()
     def predict(self, mask: Sequence[bool]) -> np.ndarray:
@@ -194,6 +207,7 @@ class MissingModalityExplorer:
         cases: case ids to offer (default: the run's test split).
         data_root: the prepared dataset (default: the one in the run's config).
         device: where the model runs (``auto``: cuda, then mps, then cpu).
+        amp: ``"off"`` (fp32, exact) or ``"bf16"`` (much faster toggles), see :class:`CachedCase`.
         max_cached_cases: cases whose encoder features stay in memory (the case picker
             re-encodes others; a 64^3 case with RFNet at width 8 takes about 60 MB).
     """
@@ -205,10 +219,13 @@ class MissingModalityExplorer:
         cases: Sequence[str] | None = None,
         data_root: str | os.PathLike | None = None,
         device: str = "auto",
+        amp: str = "off",
         max_cached_cases: int = 2,
     ) -> None:
         import ipywidgets as w
 
+        if amp not in AMP:
+            raise ValueError(f"amp must be one of {sorted(AMP)}, got {amp!r}")
         if max_cached_cases < 1:
             raise ValueError(f"max_cached_cases must be >= 1, got {max_cached_cases}")
         loaded = load_run(run_dir, data_root=data_root, device=device)
@@ -224,6 +241,7 @@ class MissingModalityExplorer:
         if len(self.dataset) == 0:
             raise ValueError(f"cases: no case to explore in {loaded.root}")
         self.max_cached_cases = max_cached_cases
+        self.amp = amp
         self._cache: OrderedDict[str, tuple[CachedCase, np.ndarray]] = OrderedDict()
         self._syncing = False
         self._message = ""
@@ -381,6 +399,7 @@ class MissingModalityExplorer:
                 window=self._window,
                 overlap=self._overlap,
                 device=self.device,
+                amp=self.amp,
             )
             self._cache[case_id] = (cached, sample["label"].numpy())
             while len(self._cache) > self.max_cached_cases:

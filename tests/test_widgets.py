@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def all_on(explorer):
 def test_the_documented_command_makes_the_same_run(tmp_path):
     command = explorer_command(tmp_path / "data", tmp_path / "runs", smoke=True)
     assert command.startswith("python -m passion_kit train --preset cpu ")
-    overrides = command.split("--preset cpu ")[1].split()
+    overrides = shlex.split(command)[6:]
     from_command = ExperimentConfig.preset("cpu").override(
         overrides + ["train.device=cpu", "train.progress=false"]
     )
@@ -104,7 +105,7 @@ def test_toggles_reuse_the_encoder_features(tmp_path_factory, monkeypatch, capsy
     run = smoke_run(tmp_path_factory)
     calls = {"encode": 0, "fuse": 0}
     started = time.perf_counter()
-    explorer = MissingModalityExplorer(run, device="cpu")
+    explorer = MissingModalityExplorer(run, device="cpu", amp="bf16")  # as the notebook
     opened = time.perf_counter() - started
     backbone = explorer.backbone
     for name in calls:
@@ -126,9 +127,37 @@ def test_toggles_reuse_the_encoder_features(tmp_path_factory, monkeypatch, capsy
     assert calls == {"encode": 0, "fuse": 3}
     with capsys.disabled():
         print(
-            f"\n[explorer] 48^3 phantom case, {torch.get_num_threads()} torch threads: open "
+            f"\n[explorer] bf16, 48^3 phantom case, {torch.get_num_threads()} torch threads: open "
             f"(load, encode, fuse twice, draw) {opened:.2f} s; toggle (fuse, Dice, draw) "
             f"{', '.join(f'{t:.2f}' for t in latencies)} s, median {np.median(latencies):.2f} s"
+        )
+
+
+def test_bf16_toggles_agree_with_fp32(explorer, capsys):
+    cases = {
+        amp: CachedCase(
+            explorer.backbone, explorer.cached.image, window=(48,) * 3, overlap=0.25, amp=amp
+        )
+        for amp in ("off", "bf16")
+    }
+    timings = {"off": [], "bf16": []}
+    for mask in ((True,) * 4, (True, False, False, True), (False, True, True, False)):
+        for amp, cached in cases.items():
+            started = time.perf_counter()
+            cached.predict(mask)
+            timings[amp].append(time.perf_counter() - started)
+        agreement = float((cases["bf16"].predict(mask) == cases["off"].predict(mask)).mean())
+        assert agreement > 0.97, f"bf16 and fp32 agree on {agreement:.1%} of the voxels"
+    with capsys.disabled():
+        print(
+            "\n[explorer] fuse of one new subset, 48^3 case: fp32 "
+            f"{np.median(timings['off'][1:]):.2f} s, bf16 {np.median(timings['bf16'][1:]):.2f} s"
+            f" (first call, with the encoder: {timings['off'][0]:.2f} s, "
+            f"{timings['bf16'][0]:.2f} s)"
+        )
+    with pytest.raises(ValueError, match="amp must be one of"):
+        CachedCase(
+            explorer.backbone, explorer.cached.image, window=(48,) * 3, overlap=0.2, amp="fp8"
         )
 
 
