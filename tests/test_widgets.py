@@ -1,0 +1,208 @@
+"""The missing-modality explorer, driven in the kernel as a user's clicks would drive it."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from passion_kit.config import ExperimentConfig
+from passion_kit.evaluate import case_metrics, predict_case
+from passion_kit.widgets import (
+    CachedCase,
+    MissingModalityExplorer,
+    explorer_command,
+    explorer_config,
+    explorer_run,
+)
+
+
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The explorer's smoke checkpoint (8 phantom cases of 48^3, 4 iterations), trained once
+    per session: later calls find the finished run and only reload it."""
+    base = tmp_path_factory.getbasetemp() / "explorer"
+    return explorer_run(base / "data", base / "runs", smoke=True, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def explorer(tmp_path_factory) -> MissingModalityExplorer:
+    return MissingModalityExplorer(smoke_run(tmp_path_factory), device="cpu")
+
+
+@pytest.fixture
+def all_on(explorer):
+    explorer.set_modalities(explorer.names)
+    return explorer
+
+
+def test_the_documented_command_makes_the_same_run(tmp_path):
+    command = explorer_command(tmp_path / "data", tmp_path / "runs", smoke=True)
+    assert command.startswith("python -m passion_kit train --preset cpu ")
+    overrides = shlex.split(command)[6:]
+    from_command = ExperimentConfig.preset("cpu").override(
+        overrides + ["train.device=cpu", "train.progress=false"]
+    )
+    ours = explorer_config(tmp_path / "data", tmp_path / "runs", smoke=True, device="cpu")
+    assert from_command.to_dict() == ours.to_dict()
+    assert ours.data.phantom_size == 48  # the notebooks' default case size
+    assert explorer_config(tmp_path).train.name != ours.train.name  # never resumed into
+
+
+def test_a_toggle_changes_prediction_dice_and_what_is_shown(all_on):
+    explorer = all_on
+    prediction, dice = explorer.prediction.copy(), explorer.dice
+    shown, image = explorer.dice_html.value, explorer.image.value
+    assert "all modalities" in shown and image[:8] == b"\x89PNG\r\n\x1a\n"
+
+    explorer.checkboxes["flair"].value = False  # what a click does
+    assert explorer.modalities == ("t1c", "t1", "t2")
+    assert not np.array_equal(explorer.prediction, prediction)
+    assert explorer.dice != dice
+    assert "t1c+t1+t2" in explorer.dice_html.value and explorer.dice_html.value != shown
+    assert explorer.image.value != image
+    assert explorer.message == ""
+    for region, value in explorer.dice.items():  # the shown numbers are the subset's
+        assert f"<b>{region}</b> {value:.3f}" in explorer.dice_html.value
+
+
+def test_predictions_and_dice_equal_the_evaluation(all_on):
+    explorer = all_on
+    cfg = ExperimentConfig.from_file(explorer.run_dir / "config.json")
+    masks = torch.tensor([[True, True, True, True], [False, True, False, True]])
+    expected = predict_case(
+        explorer.backbone,
+        explorer.cached.image,
+        masks,
+        window=cfg.eval.window,
+        overlap=cfg.eval.overlap,
+    ).numpy()
+    for mask, labels in zip(masks.tolist(), expected, strict=True):
+        explorer.set_modalities([n for n, m in zip(explorer.names, mask, strict=True) if m])
+        assert np.array_equal(explorer.prediction, labels)
+        metrics = case_metrics(labels, explorer.label, explorer.regions)
+        assert explorer.dice == pytest.approx({r: metrics[f"dice_{r}"] for r in explorer.regions})
+
+
+def test_unchecking_every_modality_is_refused_with_a_message(all_on):
+    explorer = all_on
+    for name in explorer.names:
+        explorer.checkboxes[name].value = False  # no exception on the last one
+    assert explorer.modalities == explorer.names[-1:]  # the last click was undone
+    assert "At least one modality" in explorer.message
+    assert "At least one modality" in explorer.message_html.value
+    assert explorer.set_modalities([]) is False and explorer.modalities == explorer.names[-1:]
+    explorer.checkboxes[explorer.names[0]].value = True
+    assert explorer.message == "" and explorer.message_html.value == ""
+    with pytest.raises(ValueError, match="unknown modalities"):
+        explorer.set_modalities(["pet"])
+
+
+def test_toggles_reuse_the_encoder_features(tmp_path_factory, monkeypatch, capsys):
+    run = smoke_run(tmp_path_factory)
+    calls = {"encode": 0, "fuse": 0}
+    started = time.perf_counter()
+    explorer = MissingModalityExplorer(run, device="cpu", amp="bf16")  # as the notebook
+    opened = time.perf_counter() - started
+    backbone = explorer.backbone
+    for name in calls:
+        original = getattr(backbone, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(backbone, name, counted)
+    assert explorer.cached.encode_calls == 1  # a 48^3 case is one 48^3 window
+    latencies = []
+    for subset in (["t1c", "t2"], ["t1"], ["flair", "t1"]):
+        started = time.perf_counter()
+        explorer.set_modalities(subset)
+        latencies.append(time.perf_counter() - started)
+    assert calls == {"encode": 0, "fuse": 3}
+    explorer.set_modalities(["t1c", "t2"])  # seen before: answered from memory
+    assert calls == {"encode": 0, "fuse": 3}
+    with capsys.disabled():
+        print(
+            f"\n[explorer] bf16, 48^3 phantom case, {torch.get_num_threads()} torch threads: open "
+            f"(load, encode, fuse twice, draw) {opened:.2f} s; toggle (fuse, Dice, draw) "
+            f"{', '.join(f'{t:.2f}' for t in latencies)} s, median {np.median(latencies):.2f} s"
+        )
+
+
+def test_bf16_toggles_agree_with_fp32(explorer, capsys):
+    cases = {
+        amp: CachedCase(
+            explorer.backbone, explorer.cached.image, window=(48,) * 3, overlap=0.25, amp=amp
+        )
+        for amp in ("off", "bf16")
+    }
+    timings = {"off": [], "bf16": []}
+    for mask in ((True,) * 4, (True, False, False, True), (False, True, True, False)):
+        for amp, cached in cases.items():
+            started = time.perf_counter()
+            cached.predict(mask)
+            timings[amp].append(time.perf_counter() - started)
+        agreement = float((cases["bf16"].predict(mask) == cases["off"].predict(mask)).mean())
+        assert agreement > 0.97, f"bf16 and fp32 agree on {agreement:.1%} of the voxels"
+    with capsys.disabled():
+        print(
+            "\n[explorer] fuse of one new subset, 48^3 case: fp32 "
+            f"{np.median(timings['off'][1:]):.2f} s, bf16 {np.median(timings['bf16'][1:]):.2f} s"
+            f" (first call, with the encoder: {timings['off'][0]:.2f} s, "
+            f"{timings['bf16'][0]:.2f} s)"
+        )
+    with pytest.raises(ValueError, match="amp must be one of"):
+        CachedCase(
+            explorer.backbone, explorer.cached.image, window=(48,) * 3, overlap=0.2, amp="fp8"
+        )
+
+
+def test_plane_slice_and_region_controls(all_on):
+    explorer = all_on
+    explorer.plane_picker.value = "sagittal"
+    assert explorer.slice_slider.max == explorer.label.shape[0] - 1
+    assert explorer.slice_slider.value == int(np.argmax((explorer.label > 0).sum((1, 2))))
+    image = explorer.image.value
+    explorer.slice_slider.value = 0  # outside the brain: another picture
+    assert explorer.image.value != image
+    explorer.slice_slider.value = int(np.argmax((explorer.label > 0).sum((1, 2))))
+    image = explorer.image.value
+    explorer.region_picker.value = "ET"
+    assert explorer.image.value != image
+    explorer.region_picker.value = "all"
+    explorer.plane_picker.value = "axial"
+    assert explorer.slice_slider.max == explorer.label.shape[2] - 1
+
+
+def test_case_picker_encodes_each_case_once(all_on):
+    explorer = all_on
+    first = explorer.case_id
+    other = [c for c in explorer.case_picker.options if c != first][0]
+    explorer.case_picker.value = other
+    assert explorer.case_id == other and explorer.cached.encode_calls == 1
+    explorer.set_modalities(["t2"])
+    explorer.case_picker.value = first  # still cached
+    assert explorer.cached.encode_calls == 1 and explorer.modalities == ("t2",)
+
+
+def test_dice_table_has_the_layout_of_summary_csv(all_on):
+    explorer = all_on
+    table = explorer.dice_table([["t1c"], list(explorer.names)])  # the notebook asks for all 15
+    assert list(table["combination"]) == ["t1c", "all", "mean"]
+    assert list(table["mask_id"]) == [1, 14, ""]  # the official BraTS ids
+    everything = table.set_index("combination").loc["all"]
+    assert {r: everything[f"dice_{r}"] for r in explorer.regions} == pytest.approx(explorer.dice)
+    assert table.iloc[-1]["dice_WT"] == pytest.approx(table["dice_WT"].iloc[:2].mean())
+    with pytest.raises(ValueError, match="at least one"):
+        explorer.dice_table([[]])
+
+
+def test_cached_case_checks_its_inputs(explorer):
+    with pytest.raises(ValueError, match="image must be"):
+        CachedCase(explorer.backbone, torch.zeros(3, 8, 8, 8), window=(16,) * 3, overlap=0.5)
+    with pytest.raises(ValueError, match="at least one True"):
+        explorer.cached.predict([False] * 4)
