@@ -57,6 +57,10 @@ GRIDS: dict[str, Grid] = {
 }  # fmt: skip
 
 
+# Shared parameters that do not change what is trained (or are in the name already).
+_UNNAMED = {"preset", "dataset", "data_root", "smoke", "device", "run_dir"}
+
+
 def grid_points(grid: Grid) -> list[dict]:
     """One parameter dict per point, with a unique ``name``."""
     points = []
@@ -66,7 +70,14 @@ def grid_points(grid: Grid) -> list[dict]:
         params = dict(grid.parameters)
         params.update(backbone=backbone, objective=objective, missing_rates=rates, seed=seed)
         dataset = params.get("dataset", "data")
-        params["name"] = f"{dataset}_{backbone}_{objective}_{rates}_s{seed}"
+        # Parameters that change the result name the run, so a changed grid never
+        # mistakes an old run for its own (e.g. epochs=40 -> ..._epochs40).
+        extra = "".join(
+            f"_{key}{value}"
+            for key, value in sorted(grid.parameters.items())
+            if key not in _UNNAMED
+        )
+        params["name"] = f"{dataset}_{backbone}_{objective}_{rates}_s{seed}{extra}"
         points.append(params)
     return points
 

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import pytest
+
+from passion_kit.reproduce import GRIDS, grid_points, reproduce, with_overrides
+
+
+def test_grid_points_cover_the_product_with_unique_names():
+    grid = with_overrides(GRIDS["default"], objectives=["baseline", "passion", "pmr"], seeds=[0, 1])
+    points = grid_points(grid)
+    assert len(points) == 6
+    assert len({p["name"] for p in points}) == 6
+    assert {p["objective"] for p in points} == {"baseline", "passion", "pmr"}
+    assert len(grid_points(GRIDS["paper"])) == 3 * 2 * 8
+
+
+def test_changed_parameters_name_the_runs():
+    grid = with_overrides(GRIDS["default"])
+    grid.parameters = {**grid.parameters, "epochs": 40, "smoke": True}
+    names = [p["name"] for p in grid_points(grid)]
+    assert names == [
+        "phantom_rfnet_baseline_mr2468_s0_epochs40",
+        "phantom_rfnet_passion_mr2468_s0_epochs40",
+    ]
+
+
+def test_unknown_grid_and_missing_notebook_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown grid"):
+        reproduce("huge", out=tmp_path)
+    with pytest.raises(FileNotFoundError, match="source checkout"):
+        reproduce("default", out=tmp_path, notebook=tmp_path / "missing.ipynb")
