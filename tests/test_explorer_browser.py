@@ -42,6 +42,19 @@ CHROMIUM_FLAGS = [
 MINUTE = 60_000  # Playwright timeouts are in milliseconds
 
 
+def test_the_notebook_is_committed_clean_and_parametrised():
+    notebook = json.loads(NOTEBOOK.read_text())
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+    tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[1]  # after the one imports cell
+    names = {line.split("=")[0].strip() for line in "".join(tagged[0]["source"]).splitlines()}
+    assert {"data_root", "run_dir", "device", "smoke"} <= names
+    first = "".join(notebook["cells"][0]["source"])
+    assert first.startswith("# 08") and "CPU" in first and "GPU" in first and "RAM" in first
+    assert "assert" in "".join(code[-1]["source"])  # the last cell checks what was shown
+
+
 def _find_or_install_chromium() -> str:
     found = shutil.which("chromium")
     if found:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from passion_kit import widgets
 from passion_kit.config import ExperimentConfig
 from passion_kit.evaluate import case_metrics, predict_case
 from passion_kit.widgets import (
@@ -50,6 +51,8 @@ def test_the_documented_command_makes_the_same_run(tmp_path):
     assert from_command.to_dict() == ours.to_dict()
     assert ours.data.phantom_size == 48  # the notebooks' default case size
     assert explorer_config(tmp_path).train.name != ours.train.name  # never resumed into
+    documented = widgets.__doc__.split("prints (one line)::")[1].split("\n\n")[1]
+    assert documented.split() == shlex.split(explorer_command("data", "runs"))
 
 
 def test_a_toggle_changes_prediction_dice_and_what_is_shown(all_on):
