@@ -198,7 +198,38 @@ def gather(out: str | os.PathLike, points: list[dict]) -> dict[str, Path]:
     fig.tight_layout()
     fig.savefig(paths["figure"], dpi=120)
     plt.close(fig)
+    paths.update(_comparison_figures(out, points))
     return paths
+
+
+def _comparison_figures(out: Path, points: list[dict]) -> dict[str, Path]:
+    """Baseline vs PASSION side by side (preference dynamics, 15-combination Dice) per setting."""
+    from passion_kit.viz import plot_dice_heatmap, plot_preference
+
+    runs: dict[tuple, dict[str, Path]] = {}
+    for p in points:
+        run = out / "runs" / p["name"]
+        if (run / "eval" / "test" / "summary.csv").exists():
+            key = (p["backbone"], p["missing_rates"], p["seed"])
+            runs.setdefault(key, {})[p["objective"]] = run
+    figures = {}
+    for (backbone, rates, seed), by_objective in runs.items():
+        if not {"baseline", "passion"} <= set(by_objective):
+            continue
+        pair = {"baseline": by_objective["baseline"], "PASSION": by_objective["passion"]}
+        stem = f"{backbone}_{rates}_s{seed}"
+        figures[f"preference {stem}"] = out / "figures" / f"preference_{stem}.png"
+        figures[f"dice {stem}"] = out / "figures" / f"dice_{stem}.png"
+        figures[f"preference {stem}"].parent.mkdir(parents=True, exist_ok=True)
+        _close(plot_preference(pair, path=figures[f"preference {stem}"]))
+        _close(plot_dice_heatmap(pair, path=figures[f"dice {stem}"]))
+    return figures
+
+
+def _close(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def with_overrides(grid: Grid, **dimensions) -> Grid:
