@@ -79,7 +79,7 @@ def test_availability_counts_the_split(phantom_root):
 def test_full_setting_and_explicit_case_list(phantom_root):
     ds = PreparedDataset(phantom_root, ["phantom_0009"], setting="full")
     item = ds[0]
-    assert item["mask"].all() and item["image"].shape == (4, 24, 24, 24)
+    assert item["mask"].all() and item["image"].shape == (4, 32, 32, 32)
 
 
 def test_seeding_makes_samples_reproducible(phantom_root):
@@ -116,6 +116,6 @@ def test_dataset_errors(phantom_root):
         PreparedDataset(phantom_root, "test", setting="idt", missing_rates="mr2468")
     with pytest.raises(FileNotFoundError, match="mr0000.csv"):
         PreparedDataset(phantom_root, setting="idt", missing_rates="mr0000")
-    ds = PreparedDataset(phantom_root, "train", setting="pdt", augment=TrainAugment(32))
+    ds = PreparedDataset(phantom_root, "train", setting="pdt", augment=TrainAugment(40))
     with pytest.raises(ValueError, match="case phantom_0000: patch_size"):
         ds[0]

@@ -70,13 +70,13 @@ def test_design_check_can_fail(design_table):
 
 def test_make_phantom_writes_the_prepared_format(phantom_root):
     desc = load_description(phantom_root)
-    assert desc.name == "phantom" and desc.extra == {"size": 24, "seed": 3, "num_cases": 10}
+    assert desc.name == "phantom" and desc.extra == {"size": 32, "seed": 3, "num_cases": 10}
     assert desc.regions == PHANTOM.regions
     ids = list_cases(phantom_root)
     assert ids == [phantom.phantom_case_id(i) for i in range(10)]
     image, label, meta = read_case(phantom_root, ids[0])
-    assert image.shape == (4, 24, 24, 24) and image.dtype == np.float32 and label.dtype == np.uint8
-    expected, _ = phantom.generate_case(0, size=24, seed=3)
+    assert image.shape == (4, 32, 32, 32) and image.dtype == np.float32 and label.dtype == np.uint8
+    expected, _ = phantom.generate_case(0, size=32, seed=3)
     assert np.array_equal(image, expected)
     assert np.allclose(meta["normalization"]["background"], image.min(axis=(1, 2, 3)))
     parts = {
