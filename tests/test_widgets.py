@@ -108,7 +108,7 @@ def test_toggles_reuse_the_encoder_features(tmp_path_factory, monkeypatch, capsy
     run = smoke_run(tmp_path_factory)
     calls = {"encode": 0, "fuse": 0}
     started = time.perf_counter()
-    explorer = MissingModalityExplorer(run, device="cpu", amp="bf16")  # as the notebook
+    explorer = MissingModalityExplorer(run, device="cpu")  # fp32, as the notebook
     opened = time.perf_counter() - started
     backbone = explorer.backbone
     for name in calls:
@@ -130,7 +130,7 @@ def test_toggles_reuse_the_encoder_features(tmp_path_factory, monkeypatch, capsy
     assert calls == {"encode": 0, "fuse": 3}
     with capsys.disabled():
         print(
-            f"\n[explorer] bf16, 48^3 phantom case, {torch.get_num_threads()} torch threads: open "
+            f"\n[explorer] fp32, 48^3 phantom case, {torch.get_num_threads()} torch threads: open "
             f"(load, encode, fuse twice, draw) {opened:.2f} s; toggle (fuse, Dice, draw) "
             f"{', '.join(f'{t:.2f}' for t in latencies)} s, median {np.median(latencies):.2f} s"
         )
