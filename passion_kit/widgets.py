@@ -150,8 +150,9 @@ class CachedCase:
         overlap: sliding-window overlap.
         device: where the backbone runs.
         amp: ``"off"`` (fp32: exactly the evaluation's prediction) or ``"bf16"`` (autocast:
-            about 8x faster on a CPU with bf16 units, e.g. 0.3 s instead of 2.5 s per
-            toggle for a 48^3 case on 2 cores; about 0.5 % of the voxels may differ).
+            on a CPU with bf16 units the decoder pass of a 48^3 case took 0.1-0.2 s instead
+            of 0.2-0.4 s on 2 idle cores, and 0.3 s instead of 3 s on 2 busy ones; about
+            0.5 % of the voxels may differ from fp32).
     """
 
     def __init__(
@@ -226,9 +227,10 @@ class MissingModalityExplorer:
         cases: case ids to offer (default: the run's test split).
         data_root: the prepared dataset (default: the one in the run's config).
         device: where the model runs (``auto``: cuda, then mps, then cpu).
-        amp: ``"off"`` (fp32, exact) or ``"bf16"`` (much faster toggles), see :class:`CachedCase`.
+        amp: ``"off"`` (fp32, exact) or ``"bf16"`` (faster toggles), see :class:`CachedCase`.
         max_cached_cases: cases whose encoder features stay in memory (the case picker
-            re-encodes others; a 64^3 case with RFNet at width 8 takes about 60 MB).
+            re-encodes others). RFNet at width 8 keeps about 19 MB per 48^3 window: one
+            window for a 48^3 case, 8 for a 64^3 case with the cpu preset's windows.
     """
 
     def __init__(

@@ -204,6 +204,19 @@ def test_dice_table_has_the_layout_of_summary_csv(all_on):
         explorer.dice_table([[]])
 
 
+def test_a_case_of_several_windows_encodes_each_window_once(explorer):
+    image = torch.randn(4, 64, 56, 48)  # 2 x 2 x 1 windows of 48^3 at overlap 0.25
+    cached = CachedCase(explorer.backbone, image, window=(48,) * 3, overlap=0.25)
+    masks = torch.tensor([[True, True, False, True], [False, False, True, False]])
+    for mask in masks:
+        labels = cached.predict(mask.tolist())
+        expected = predict_case(
+            explorer.backbone, image, mask[None], window=(48,) * 3, overlap=0.25
+        )
+        assert np.array_equal(labels, expected[0].numpy())  # windows kept apart, blended alike
+    assert cached.encode_calls == 4
+
+
 def test_cached_case_checks_its_inputs(explorer):
     with pytest.raises(ValueError, match="image must be"):
         CachedCase(explorer.backbone, torch.zeros(3, 8, 8, 8), window=(16,) * 3, overlap=0.5)
