@@ -108,7 +108,7 @@ def test_toggles_reuse_the_encoder_features(tmp_path_factory, monkeypatch, capsy
     run = smoke_run(tmp_path_factory)
     calls = {"encode": 0, "fuse": 0}
     started = time.perf_counter()
-    explorer = MissingModalityExplorer(run, device="cpu", amp="bf16")  # as the notebook
+    explorer = MissingModalityExplorer(run, device="cpu")  # fp32, as the notebook
     opened = time.perf_counter() - started
     backbone = explorer.backbone
     for name in calls:
@@ -130,7 +130,7 @@ def test_toggles_reuse_the_encoder_features(tmp_path_factory, monkeypatch, capsy
     assert calls == {"encode": 0, "fuse": 3}
     with capsys.disabled():
         print(
-            f"\n[explorer] bf16, 48^3 phantom case, {torch.get_num_threads()} torch threads: open "
+            f"\n[explorer] fp32, 48^3 phantom case, {torch.get_num_threads()} torch threads: open "
             f"(load, encode, fuse twice, draw) {opened:.2f} s; toggle (fuse, Dice, draw) "
             f"{', '.join(f'{t:.2f}' for t in latencies)} s, median {np.median(latencies):.2f} s"
         )
@@ -202,6 +202,19 @@ def test_dice_table_has_the_layout_of_summary_csv(all_on):
     assert table.iloc[-1]["dice_WT"] == pytest.approx(table["dice_WT"].iloc[:2].mean())
     with pytest.raises(ValueError, match="at least one"):
         explorer.dice_table([[]])
+
+
+def test_a_case_of_several_windows_encodes_each_window_once(explorer):
+    image = torch.randn(4, 64, 56, 48)  # 2 x 2 x 1 windows of 48^3 at overlap 0.25
+    cached = CachedCase(explorer.backbone, image, window=(48,) * 3, overlap=0.25)
+    masks = torch.tensor([[True, True, False, True], [False, False, True, False]])
+    for mask in masks:
+        labels = cached.predict(mask.tolist())
+        expected = predict_case(
+            explorer.backbone, image, mask[None], window=(48,) * 3, overlap=0.25
+        )
+        assert np.array_equal(labels, expected[0].numpy())  # windows kept apart, blended alike
+    assert cached.encode_calls == 4
 
 
 def test_cached_case_checks_its_inputs(explorer):
