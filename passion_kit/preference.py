@@ -16,6 +16,7 @@ multi-modal teacher than average (dominant, "preferred"); ``RP_m < 0`` means it 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -188,6 +189,15 @@ class PreferenceState:
         self.distance_count += count.detach().double().cpu()
         self.gate_sum += gate.detach().double().cpu()
         self.iterations += 1
+
+    def synchronize(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the epoch's distance statistics by their sum over processes (DDP).
+
+        ``reduce`` sums a tensor over ranks and returns the sum; every rank calls this
+        once at the end of an epoch, so all of them update beta alike.
+        """
+        total = reduce(torch.stack([self.distance_sum, self.distance_count]))
+        self.distance_sum, self.distance_count = (t.double().cpu() for t in total)
 
     def mean_distance(self) -> torch.Tensor:
         """Epoch mean distance per modality over the samples where it was a student."""

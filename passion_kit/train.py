@@ -111,6 +111,8 @@ def build_objective_from(cfg: ExperimentConfig, num_modalities: int, num_classes
         options.update(o.options)
     else:
         options = dict(o.options)
+        if o.name == "ogm_ge":
+            options.setdefault("seed", cfg.train.seed)  # its gradient noise
     return build_objective(
         o.name, num_modalities=num_modalities, num_classes=num_classes, **options
     )
@@ -277,14 +279,15 @@ def fit(cfg: ExperimentConfig, *, stop_after: int | None = None) -> Path:
     elif rank == 0:
         files.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(files.config, cfg.to_json())
-    if distributed and hasattr(objective, "preference_reducer"):
 
-        def _sum(t: torch.Tensor) -> torch.Tensor:
-            t = t.clone()
-            dist.all_reduce(t)
-            return t
+    def _sum(t: torch.Tensor) -> torch.Tensor:
+        """The sum of ``t`` over the processes (a copy)."""
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
 
-        objective.preference_reducer = _sum
+    if distributed and hasattr(objective, "batch_reducer"):
+        objective.batch_reducer = _sum
 
     step = _Step(backbone, objective)
     model = step
@@ -352,11 +355,9 @@ def fit(cfg: ExperimentConfig, *, stop_after: int | None = None) -> Path:
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.3f}")
         progress.close()
-        if distributed and hasattr(objective, "state"):
-            for name in ("distance_sum", "distance_count"):
-                tensor = getattr(objective.state, name).to(device)
-                dist.all_reduce(tensor)
-                setattr(objective.state, name, tensor.cpu())
+        if distributed and hasattr(getattr(objective, "state", None), "synchronize"):
+            # The epoch's statistics of the global batch, so every rank updates alike.
+            objective.state.synchronize(lambda t: _sum(t.to(device)).cpu())
         record = objective.end_epoch()
         elapsed = time.perf_counter() - started
         history["epoch"].append(

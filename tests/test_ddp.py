@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_two_process_cpu_training(phantom_root, tmp_path):
+@pytest.mark.parametrize("objective", ["passion", "ogm_ge", "pmr", "redcore"])
+def test_two_process_cpu_training(phantom_root, tmp_path, objective):
+    """Replicas must stay equal (the trainer checks it at the end): the per-step balance
+    statistics, OGM-GE's gradient noise and the epoch statistics are global."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable,
@@ -36,6 +39,7 @@ def test_two_process_cpu_training(phantom_root, tmp_path):
         "train.progress=false",
         "train.name=ddp",
         "train.batch_size=2",
+        f"objective.name={objective}",
     ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -45,3 +49,5 @@ def test_two_process_cpu_training(phantom_root, tmp_path):
     assert meta["last_epoch"]["iterations"] == 2
     rows = (tmp_path / "ddp" / "history_modality.csv").read_text().splitlines()
     assert len(rows) == 1 + 4
+    if objective != "passion":  # every rank's coefficients, as the saved ones (rank 0)
+        assert "coefficient" in rows[0].split(",")

@@ -118,3 +118,19 @@ def test_warmup_freezes_beta():
     assert state.end_epoch()["beta"] == [1.0, 1.0]
     state.record(torch.tensor([0.1, 0.3]), torch.ones(2), torch.zeros(2))
     assert state.end_epoch()["beta"] != [1.0, 1.0]
+
+
+def test_synchronize_sums_the_epoch_statistics_over_processes():
+    """Two ranks that saw different modalities update beta as one batch would (DDP)."""
+    ranks = [pref.PreferenceState(3), pref.PreferenceState(3)]
+    ranks[0].record(torch.tensor([0.2, 0.0, 0.0]), torch.tensor([1.0, 0.0, 0.0]), torch.zeros(3))
+    ranks[1].record(torch.tensor([0.0, 0.4, 0.9]), torch.tensor([0.0, 1.0, 1.0]), torch.zeros(3))
+    whole = pref.PreferenceState(3)
+    whole.record(torch.tensor([0.2, 0.4, 0.9]), torch.tensor([1.0, 1.0, 1.0]), torch.zeros(3))
+    stats = [torch.stack([s.distance_sum, s.distance_count]) for s in ranks]
+    for state in ranks:
+        state.synchronize(lambda t: stats[0] + stats[1])
+    expected = whole.end_epoch()
+    for state in ranks:
+        assert state.end_epoch()["beta"] == pytest.approx(expected["beta"])
+    assert expected["beta"] != pytest.approx([1.0, 1.0, 1.0])

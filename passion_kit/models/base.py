@@ -15,6 +15,7 @@ All heads return logits; softmax happens in the losses.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +99,24 @@ class Backbone(nn.Module):
 
     def separate(self, level_feats: list[torch.Tensor]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def modality_parameters(self, modality: int) -> Iterator[nn.Parameter]:
+        """The parameters that only modality ``modality`` uses (what gradient modulation
+        such as OGM-GE scales).
+
+        By default the modality's encoder, ``self.encoders[modality]``; a backbone whose
+        modalities own more than their encoder (mmFormer's per-modality transformer)
+        overrides this.
+        """
+        if not 0 <= modality < self.num_modalities:
+            raise IndexError(f"modality must be in [0, {self.num_modalities}), got {modality!r}")
+        encoders = getattr(self, "encoders", None)
+        if not isinstance(encoders, nn.ModuleList):
+            raise TypeError(
+                f"{type(self).__name__} has no `encoders` ModuleList: define "
+                "modality_parameters(m) to name each modality's own parameters"
+            )
+        return encoders[modality].parameters()
 
     def check_image(self, image: torch.Tensor) -> None:
         if image.dim() < 4 or image.shape[1] != self.num_modalities:

@@ -46,7 +46,9 @@ the input (harmless with ``affine=False``); here it is sized to the input.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -295,6 +297,19 @@ class MMFormer(Backbone):
         for module in self.modules():
             if isinstance(module, nn.Conv3d):
                 nn.init.kaiming_normal_(module.weight)
+
+    def modality_parameters(self, modality: int) -> Iterator[nn.Parameter]:
+        """Modality ``modality``'s encoder, token projection and intra-modal transformer.
+
+        The positional embeddings ``pos`` hold one slice per modality in one shared
+        tensor; they are left out (a parameter cannot be split).
+        """
+        super().modality_parameters(modality)  # checks the index
+        return itertools.chain(
+            self.encoders[modality].parameters(),
+            self.token_proj[modality].parameters(),
+            self.intra[modality].parameters(),
+        )
 
     def encode(self, image: torch.Tensor) -> Features:
         """(B, M, *patch) -> 5 conv levels (B, M, C_l, *sp_l) + intra map (B, M, D, *grid)."""

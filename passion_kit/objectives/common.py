@@ -20,7 +20,7 @@ below 1 "slowed down" (dominant) and above 1 "sped up" (lagging), like PASSION's
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -82,7 +82,9 @@ def comparable(available: torch.Tensor) -> torch.Tensor:
 
 
 def relative_confidence(
-    confidence: torch.Tensor, compared: torch.Tensor
+    confidence: torch.Tensor,
+    compared: torch.Tensor,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each modality's confidence relative to the other modalities of the same samples.
 
@@ -96,6 +98,8 @@ def relative_confidence(
     Args:
         confidence: (B, M) per-sample confidences (values where not compared are ignored).
         compared: (B, M) bool, see :func:`comparable`.
+        reduce: sums a tensor over processes (DDP), so that the ratio is that of the
+            global batch and identical on every rank; None for one process.
 
     Returns:
         ``(ratio, valid)``, each (M,): ``ratio > 1`` means more confident than the
@@ -109,9 +113,10 @@ def relative_confidence(
     c = compared.to(confidence.dtype)
     s = confidence * c
     others = (s.sum(1, keepdim=True) - s) / (c.sum(1, keepdim=True) - 1).clamp_min(1.0)
-    num = s.sum(0)
-    den = (others * c).sum(0)
-    valid = compared.any(0) & (den > 0)
+    num, den, count = s.sum(0), (others * c).sum(0), c.sum(0)
+    if reduce is not None:
+        num, den, count = reduce(torch.stack([num, den, count]))
+    valid = (count > 0) & (den > 0)
     ratio = torch.where(valid, num / den.clamp_min(1e-12), torch.ones_like(num))
     return ratio, valid
 
@@ -151,14 +156,14 @@ def separate_outputs(
 
 
 def modality_parameters(backbone: nn.Module, modality: int) -> Iterator[nn.Parameter]:
-    """The parameters that only modality ``modality`` uses (its encoder).
+    """The parameters that only modality ``modality`` uses.
 
-    Uses ``backbone.modality_parameters(m)`` when the backbone defines it (needed where a
-    modality owns more than its encoder, e.g. mmFormer's per-modality transformer), else
-    ``backbone.encoders[m]``.
+    ``backbone.modality_parameters(m)`` (every :class:`~passion_kit.models.base.Backbone`
+    has it: the encoder by default, more where a modality owns more, e.g. mmFormer's
+    per-modality transformer); for a plain module, its ``encoders[m]``.
 
     Raises:
-        TypeError: when the backbone offers neither.
+        TypeError: when the module offers neither.
     """
     if hasattr(backbone, "modality_parameters"):
         return iter(backbone.modality_parameters(modality))
@@ -184,6 +189,7 @@ class BalanceState:
     num_modalities: int
     keys: tuple[str, ...] = ()
     epoch: int = 0
+    steps: int = 0  # training steps so far (seeds per-step randomness, e.g. OGM-GE's noise)
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -193,6 +199,18 @@ class BalanceState:
         w = weights.detach().double().cpu()
         self.sums[key] = self.sums.get(key, zero) + values.detach().double().cpu() * w
         self.weights[key] = self.weights.get(key, zero) + w
+
+    def synchronize(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the epoch's sums and weights by their sums over processes (DDP).
+
+        Every key is reduced, in the order of ``keys`` and with zeros where this rank
+        recorded nothing, so that all ranks make the same collective calls.
+        """
+        zero = torch.zeros(self.num_modalities, dtype=torch.float64)
+        for key in self.keys:
+            pair = torch.stack([self.sums.get(key, zero), self.weights.get(key, zero)])
+            total = reduce(pair).double().cpu()
+            self.sums[key], self.weights[key] = total[0], total[1]
 
     def means(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -280,6 +298,9 @@ class BalancingObjective:
         self.students = students
         self.reduction = reduction
         self.state = BalanceState(num_modalities, keys=self.record_keys)
+        # Set by the trainer under DDP: sums a tensor over ranks, so that per-step balance
+        # statistics are those of the global batch (and identical on every rank).
+        self.batch_reducer: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, batch: dict, backbone: Backbone) -> StepResult:  # pragma: no cover
         raise NotImplementedError
@@ -297,6 +318,7 @@ class BalancingObjective:
 
     def _begin(self, batch: dict, backbone: Backbone) -> StepInputs:
         """Check the batch, encode every modality once, run the unimodal decoder."""
+        self.state.steps += 1
         image, label, mask = check_batch(batch, self.num_modalities)
         device = image.device
         y = one_hot(label.to(device), self.num_classes, torch.float32)

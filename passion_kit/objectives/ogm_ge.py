@@ -42,6 +42,10 @@ Adaptation to 3-D segmentation with missing modalities (each a decision of this 
   and hence no gradient: it gets ``k = 1`` and no noise (noise would be the only update
   its encoder receives). A modality present but never compared (only in single-modality
   samples) gets ``k = 1`` and, as in the official code, the noise.
+- **Several processes (DDP).** The gradients are modulated after DDP has averaged
+  them, so every rank must scale them alike: the confidence sums behind rho and the set of
+  present modalities are summed over ranks (the global batch), and the noise of step s
+  comes from a generator seeded with (``seed``, s).
 - **Schedule.** Modulation runs for epochs ``modulation_start <= e <= modulation_end``
   (official default 0..50 of 100 epochs; here until the end unless set).
 
@@ -92,6 +96,7 @@ def modulate_gradients(
     present: torch.Tensor,
     *,
     noise: bool,
+    seed: int | None = None,
 ) -> None:
     """Scale each present modality's weight gradients by its coefficient, then add noise.
 
@@ -101,7 +106,18 @@ def modulate_gradients(
         present: (M,) bool, modalities with a loss in the batch; the others are untouched.
         noise: add ``N(0, std(g) + 1e-8)`` to each scaled gradient (GE; the std is the
             unscaled gradient's, as the official code).
+        seed: draw the noise from a generator seeded with it (the same on every DDP
+            rank, so replicas stay equal); None: the global torch generator.
     """
+    generators: dict[torch.device, torch.Generator] = {}
+
+    def generator(device: torch.device) -> torch.Generator | None:
+        if seed is None:
+            return None
+        if device not in generators:
+            generators[device] = torch.Generator(device=device).manual_seed(seed)
+        return generators[device]
+
     for m in torch.nonzero(present).flatten().tolist():
         k = float(coefficient[m])
         for p in modality_parameters(backbone, m):
@@ -112,7 +128,8 @@ def modulate_gradients(
             extra = None
             if noise:
                 std = g.std() if g.numel() > 1 else g.new_zeros(())
-                extra = torch.randn_like(g) * (std + 1e-8)
+                draw = torch.randn(g.shape, generator=generator(g.device), device=g.device)
+                extra = draw.to(g.dtype) * (std + 1e-8)
             g.mul_(k)
             if extra is not None:
                 g.add_(extra)
@@ -131,6 +148,8 @@ class OGMGEObjective(BalancingObjective):
             decoder), see the module docstring.
         modulation_start, modulation_end: epochs (inclusive) with modulation;
             ``modulation_end=None`` modulates until the end.
+        seed: the noise of step s is drawn from a generator seeded with (seed, s): the
+            same on every DDP rank and after a resume.
     """
 
     name = "ogm_ge"
@@ -146,6 +165,7 @@ class OGMGEObjective(BalancingObjective):
         confidence: Literal["fused", "separate"] = "fused",
         modulation_start: int = 0,
         modulation_end: int | None = None,
+        seed: int = 0,
         weight_sep: float = 1.0,
         students: Literal["available", "all"] = "available",
         reduction: Literal["mean", "sum"] = "mean",
@@ -171,8 +191,9 @@ class OGMGEObjective(BalancingObjective):
         self.confidence = confidence
         self.modulation_start = modulation_start
         self.modulation_end = modulation_end
+        self.seed = int(seed)
         # (coefficient, present, modulating) of the last step, consumed by after_backward.
-        self._pending: tuple[torch.Tensor, torch.Tensor, bool] | None = None
+        self._pending: tuple[torch.Tensor, torch.Tensor, bool, int] | None = None
 
     @property
     def modulating(self) -> bool:
@@ -188,13 +209,17 @@ class OGMGEObjective(BalancingObjective):
         terms["sep"] = sep.sum()
         loss = terms["fuse"] + terms["deep"] + self.weight_sep * terms["sep"]
 
-        present = step.available.any(0).cpu()
+        present = step.available.any(0)
+        if self.batch_reducer is not None:  # DDP: the modulated gradients are global
+            present = self.batch_reducer(present.float()) > 0
+        present = present.cpu()
         compared = comparable(step.available)
         coefficient = torch.ones(self.num_modalities)
         per_mod = {"sep": sep}
-        if self.modulating and bool(compared.any()):
+        # Under DDP every rank computes the ratio (a collective), even with nothing local.
+        if self.modulating and (self.batch_reducer is not None or bool(compared.any())):
             conf = self._confidence(backbone, step, compared)
-            ratio, valid = relative_confidence(conf, compared)
+            ratio, valid = relative_confidence(conf, compared, self.batch_reducer)
             coefficient = ogm_coefficients(ratio.cpu(), valid.cpu(), self.alpha)
             counts = compared.sum(0).float()
             mean_conf = conf.sum(0) / counts.clamp_min(1)
@@ -203,7 +228,7 @@ class OGMGEObjective(BalancingObjective):
             per_mod.update(confidence=mean_conf, ratio=ratio)
         self.state.add("coefficient", coefficient, present.float())
         per_mod["coefficient"] = coefficient
-        self._pending = (coefficient, present, self.modulating)
+        self._pending = (coefficient, present, self.modulating, self.state.steps)
         return self._result(loss, terms, per_mod)
 
     def _confidence(
@@ -214,6 +239,8 @@ class OGMGEObjective(BalancingObjective):
             return step.sep_confidence * compared
         b, m = compared.shape
         mods = [int(i) for i in torch.nonzero(compared.any(0)).flatten()]
+        if not mods:
+            return step.y.new_zeros(b, m)
         with torch.no_grad():
             out = backbone.fuse(step.feats, student_masks(step.mask, mods, teacher=False))
             probs = F.softmax(out.logits.float(), 1)
@@ -232,7 +259,8 @@ class OGMGEObjective(BalancingObjective):
                 "after_backward() needs a step first: objective(batch, backbone), "
                 "loss.backward(), then after_backward(backbone), once per step"
             )
-        coefficient, present, active = self._pending
+        coefficient, present, active, steps = self._pending
         self._pending = None
         if active:
-            modulate_gradients(backbone, coefficient, present, noise=self.noise)
+            seed = (self.seed * 1_000_003 + steps) % 2**63
+            modulate_gradients(backbone, coefficient, present, noise=self.noise, seed=seed)

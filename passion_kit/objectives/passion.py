@@ -112,7 +112,7 @@ class PassionObjective:
         self.track_distance = track_distance
         # Set by the trainer under DDP: sums a (M,) tensor over ranks, so the per-iteration
         # preference and gate are those of the global batch.
-        self.preference_reducer = None
+        self.batch_reducer = None
         self.state = PreferenceState(
             num_modalities,
             eta=eta,
@@ -176,8 +176,8 @@ class PassionObjective:
         if self.enabled:
             l_pix, l_proto, distance = self._student_losses(out, rows, student_mods, mask, a, y)
             score = iteration_preference(distance, a, skip_degenerate=self.skip_degenerate)
-            if self.preference_reducer is not None:
-                score = self.preference_reducer(score)
+            if self.batch_reducer is not None:
+                score = self.batch_reducer(score)
             gate = task_gate(score).float()
             beta, omega = self.state.beta.to(device), self.state.omega.to(device)
             sep_w = gate * beta * omega

@@ -36,6 +36,8 @@ Adaptation to 3-D segmentation with missing modalities (each a decision of this 
   least two modalities take part (one-modality fusions have no imbalance), and only
   their students are run.
 - **Missing modalities** get no student, no PCE or entropy, and coefficient 1.
+- **Several processes (DDP).** The confidence sums behind rho are summed over ranks, so
+  the weights are those of the global batch, as PASSION's per-iteration preference.
 
 Per-modality record: ``coefficient = 1 + b_m - g_m`` (1: left alone, < 1: slowed by
 the entropy term, > 1: sped up by PCE), ``pce_weight`` (alpha b), ``entropy_weight``
@@ -205,12 +207,17 @@ class PMRObjective(BalancingObjective):
         per_mod = {"sep": sep}
         coefficient = torch.ones(m)
 
-        if mods:
-            feature = out.feature.reshape(b, rows, *out.feature.shape[1:])[:, 1:].flatten(0, 1)
-            pce, conf, ent = (
-                _per_modality(t, mods, compared) for t in prototype_terms(feature, step.y)
-            )
-            ratio, valid = relative_confidence(conf, compared)
+        # Under DDP every rank computes the ratio (a collective), even with nothing local.
+        if mods or (self.modulating and self.batch_reducer is not None):
+            if mods:
+                feature = out.feature.reshape(b, rows, *out.feature.shape[1:])[:, 1:]
+                pce, conf, ent = (
+                    _per_modality(t, mods, compared)
+                    for t in prototype_terms(feature.flatten(0, 1), step.y)
+                )
+            else:
+                pce = conf = ent = step.y.new_zeros(b, m)
+            ratio, valid = relative_confidence(conf, compared, self.batch_reducer)
             stimulate, suppress = pmr_rebalance(ratio, valid)
             if self.state.epoch >= self.entropy_epochs:
                 suppress = torch.zeros_like(suppress)

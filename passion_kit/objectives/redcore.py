@@ -27,6 +27,8 @@ Adaptation to 3-D segmentation with missing modalities (each a decision of this 
   per-iteration loss is mostly noise, so, as PASSION does with its beta, the update runs
   once per epoch on the epoch mean, and eta follows PASSION's schedule (0.01, times 1.5
   at epochs 0, 100, 200, ...). RedCore's own eta0 is 0.1, for thousands of updates.
+- **Several processes (DDP).** The epoch's loss sums are summed over ranks before the
+  update, so every rank moves beta alike.
 - **Scale.** beta is clamped to [0.1, 4] and renormalised to ``||beta||_2 = sqrt(M)``
   (PASSION's choice, so that all ones is the unweighted baseline); RedCore renormalises
   to 1 and has no upper clamp.

@@ -215,3 +215,25 @@ def test_fuse_rejects_bad_masks(name):
         net.fuse(feats, torch.ones(3, 4, dtype=torch.bool))  # 3 rows for 2 samples
     with pytest.raises(ValueError, match="mask"):
         net.fuse(feats, torch.ones(2, 4))  # not bool
+
+
+@pytest.mark.parametrize("name", available_backbones())
+def test_modality_parameters_are_exactly_what_one_modality_alone_reaches(name):
+    """``modality_parameters(m)``: disjoint per modality, and a loss on modality m's
+    features alone reaches all of them and nothing of another modality."""
+    net = build(name).eval()
+    m = net.num_modalities
+    owned = [{id(p) for p in net.modality_parameters(i)} for i in range(m)]
+    assert all(owned) and all(
+        not (owned[i] & owned[j]) for i, j in itertools.combinations(range(m), 2)
+    )
+    expected = {id(p) for module in modality_modules(net, 1) for p in module.parameters()}
+    assert owned[1] == expected
+    feats = net.encode(image(net, 1))
+    sum(f[:, 1].square().mean() for f in feats).backward()
+    connected = {id(p) for p in net.parameters() if p.grad is not None}
+    moved = {id(p) for p in net.parameters() if p.grad is not None and p.grad.any()}
+    shared = {id(p) for n, p in net.named_parameters() if n == "pos"}  # one tensor, all M
+    assert owned[1] <= connected and moved - shared <= owned[1]
+    with pytest.raises(IndexError, match="modality must be in"):
+        net.modality_parameters(m)

@@ -67,27 +67,40 @@ def dominance_batch(strengths, masks=None, size: int = 8) -> dict:
     return {"image": image * mask[:, :, None, None, None], "label": label, "mask": mask}
 
 
-def rfnet_batch(masks, seed: int) -> dict:
+BACKBONES = ("rfnet", "mmformer", "m2ftrans")  # every registered backbone (checked below)
+# Small but complete settings of each backbone (as in tests/models), and their patch sizes.
+SMALL = {
+    "rfnet": {"patch_size": SIZE, "width": 8},
+    "mmformer": {"patch_size": 32, "width": 4, "embed_dim": 32, "mlp_dim": 64, "heads": 4},
+    "m2ftrans": {"patch_size": 32, "width": 4, "mlp_dim": 64, "heads": 4},
+}
+
+
+def rfnet_batch(masks, seed: int, size: int = SIZE) -> dict:
     """An IDT batch (absent channels zeroed) with a nested 4-class lesion."""
     g = torch.Generator().manual_seed(seed)
     mask = torch.tensor(masks, dtype=torch.bool)
-    image = torch.randn(mask.shape[0], 4, SIZE, SIZE, SIZE, generator=g)
-    label = torch.zeros(mask.shape[0], SIZE, SIZE, SIZE, dtype=torch.long)
-    label[:, 4:12, 4:12, 4:12] = 2
-    label[:, 6:10, 6:10, 6:10] = 1
-    label[:, 7:9, 7:9, 7:9] = 3
+    image = torch.randn(mask.shape[0], 4, size, size, size, generator=g)
+    label = torch.zeros(mask.shape[0], size, size, size, dtype=torch.long)
+    q = size // 4
+    outer, inner = slice(q, 3 * q), slice(q + q // 2, 3 * q - q // 2)
+    core = slice(2 * q - 1, 2 * q + 1)
+    label[:, outer, outer, outer] = 2
+    label[:, inner, inner, inner] = 1
+    label[:, core, core, core] = 3
     return {"image": image * mask[:, :, None, None, None], "label": label, "mask": mask}
 
 
-def train_rfnet(name: str, **options):
-    """Three AdamW steps of RFNet (16^3, batch 2, IDT masks) under objective ``name``.
+def train_backbone(name: str, backbone: str = "rfnet", **options):
+    """Three AdamW steps of a small backbone (batch 2, IDT masks) under objective ``name``.
 
     Returns:
         ``(objective, net, results)``; asserts that every loss, gradient and parameter
         stays finite along the way.
     """
     torch.manual_seed(0)
-    net = pk.build_backbone("rfnet", patch_size=SIZE, width=8)
+    net = pk.build_backbone(backbone, **SMALL[backbone])
+    size = SMALL[backbone]["patch_size"]
     objective = build_objective(name, num_modalities=4, num_classes=4, **options)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=1e-4, amsgrad=True)
     results = []
@@ -98,12 +111,12 @@ def train_rfnet(name: str, **options):
     try:
         for seed, masks in enumerate(IDT_STEPS):
             opt.zero_grad(set_to_none=True)
-            result = objective(rfnet_batch(masks, seed), net)
+            result = objective(rfnet_batch(masks, seed, size), net)
             result.loss.backward()
             objective.after_backward(net)
-            assert torch.isfinite(result.loss), (name, seed)
+            assert torch.isfinite(result.loss), (name, backbone, seed)
             grads = [p.grad for p in net.parameters() if p.grad is not None]
-            assert grads and all(torch.isfinite(g).all() for g in grads), (name, seed)
+            assert grads and all(torch.isfinite(g).all() for g in grads), (name, backbone, seed)
             opt.step()
             results.append(result)
     finally:

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from balance_helpers import ToyBackbone, dominance_batch, train_rfnet
+from balance_helpers import BACKBONES, ToyBackbone, dominance_batch, train_backbone
 from torch import nn
 
+from passion_kit.models import available_backbones
 from passion_kit.objectives import build_objective
-from passion_kit.objectives.common import relative_confidence, true_class_confidence
+from passion_kit.objectives.common import comparable, relative_confidence, true_class_confidence
 from passion_kit.objectives.ogm_ge import modulate_gradients, ogm_coefficients
 
 
@@ -136,11 +137,49 @@ def test_state_round_trip_and_argument_checks():
         build_objective("ogm_ge", num_modalities=2, num_classes=2, alpha=0)
 
 
-def test_rfnet_trains_three_steps():
-    objective, _, results = train_rfnet("ogm_ge")
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_each_backbone_trains_three_steps(backbone):
+    objective, _, results = train_backbone("ogm_ge", backbone)
     assert objective.name == "ogm_ge"
     assert set(results[0].terms) == {"fuse", "deep", "sep"}
     assert results[0].per_modality["coefficient"].shape == (4,)
     record = objective.end_epoch()
     assert len(record["coefficient"]) == 4
     assert all(0 < c <= 1 for c in record["coefficient"])  # every modality was present
+
+
+def test_the_backbone_list_covers_the_registry():
+    assert set(BACKBONES) == set(available_backbones())
+
+
+def test_a_reducer_makes_the_ratio_that_of_the_global_batch():
+    """Two "ranks" holding half a batch each get the whole batch's ratio (DDP)."""
+    g = torch.Generator().manual_seed(0)
+    conf = torch.rand(8, 4, generator=g)
+    compared = comparable(torch.rand(8, 4, generator=g) > 0.3)
+    whole = relative_confidence(conf, compared)
+    shared = []
+    relative_confidence(conf[4:], compared[4:], lambda t: shared.append(t) or t)
+    half = relative_confidence(conf[:4], compared[:4], lambda t: t + shared[0])
+    assert torch.allclose(half[0], whole[0]) and torch.equal(half[1], whole[1])
+    assert not torch.allclose(relative_confidence(conf[:4], compared[:4])[0], whole[0])
+
+
+def test_seeded_noise_ignores_the_global_generator():
+    """The noise of a step depends on the seed only, so every DDP rank draws the same."""
+
+    def noised(seed: int, global_seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(global_seed)
+        net = nn.Module()
+        net.encoders = nn.ModuleList(nn.Linear(50, 50) for _ in range(2))
+        for enc in net.encoders:
+            enc.weight.grad = torch.linspace(-1, 1, 2500).view(50, 50).clone()
+        modulate_gradients(
+            net, torch.tensor([0.5, 1.0]), torch.ones(2, dtype=torch.bool), noise=True, seed=seed
+        )
+        return [enc.weight.grad for enc in net.encoders]
+
+    a, b, c = noised(7, 0), noised(7, 1), noised(8, 0)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[1], c[1])
+    assert not torch.equal(a[0], a[1] * 0.5)  # noise was added

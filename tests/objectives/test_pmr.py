@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from balance_helpers import ToyBackbone, dominance_batch, train_rfnet
+from balance_helpers import BACKBONES, ToyBackbone, dominance_batch, train_backbone
 
 from passion_kit.objectives import build_objective
 from passion_kit.objectives.pmr import pmr_rebalance, prototype_terms
@@ -103,8 +103,9 @@ def test_argument_checks():
         build_objective("pmr", num_modalities=2, num_classes=2, reduction="max")
 
 
-def test_rfnet_trains_three_steps():
-    objective, _, results = train_rfnet("pmr")
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_each_backbone_trains_three_steps(backbone):
+    objective, _, results = train_backbone("pmr", backbone)
     assert {"pce", "entropy"} <= set(results[0].terms)
     record = objective.end_epoch()
     assert {"coefficient", "ratio", "pce_weight", "entropy_weight"} <= set(record)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from balance_helpers import ToyBackbone, dominance_batch, train_rfnet
+from balance_helpers import BACKBONES, ToyBackbone, dominance_batch, train_backbone
 
 from passion_kit.objectives import build_objective
 from passion_kit.objectives.redcore import relative_advantage
@@ -70,9 +70,26 @@ def test_state_round_trip_and_argument_checks():
         build_objective("redcore", num_modalities=2, num_classes=2, beta_range=(2.0, 4.0))
 
 
-def test_rfnet_trains_three_steps():
-    objective, _, results = train_rfnet("redcore")
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_each_backbone_trains_three_steps(backbone):
+    objective, _, results = train_backbone("redcore", backbone)
     assert set(results[0].terms) == {"fuse", "deep", "sep"}
     record = objective.end_epoch()
     assert torch.tensor(record["coefficient"]).norm().item() == pytest.approx(2.0, rel=1e-5)
     assert all(math.isfinite(x) for x in record["loss"])  # every modality seen in 3 steps
+
+
+def test_synchronize_sums_every_key_even_unrecorded_ones():
+    """Each rank makes one reduction per key, recorded or not, so collectives match."""
+    objective = build_objective("redcore", num_modalities=2, num_classes=2)
+    objective(dominance_batch([3.0, 0.2]), ToyBackbone())
+    before = objective.state.means()["loss"].clone()
+    calls = []
+    objective.state.synchronize(lambda t: calls.append(t) or 2 * t)
+    assert len(calls) == len(objective.state.keys)
+    assert torch.allclose(objective.state.means()["loss"], before)  # sums and weights doubled
+    assert torch.allclose(objective.state.weights["loss"], 2 * calls[0][1])
+    empty = build_objective("pmr", num_modalities=2, num_classes=2)
+    calls.clear()
+    empty.state.synchronize(lambda t: calls.append(t) or t)
+    assert len(calls) == len(empty.state.keys) and all(not c.any() for c in calls)
