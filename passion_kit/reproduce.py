@@ -45,6 +45,13 @@ class Grid:
 GRIDS: dict[str, Grid] = {
     # minutes on a 2-core CPU: the built-in phantom, RFNet, one split, one seed
     "default": Grid(parameters={"preset": "cpu", "dataset": "phantom"}),
+    # the balancing comparison (about an hour on a 2-core CPU): PASSION against the
+    # baseline and three modality-balancing methods, three seeds, on the phantom
+    "balancing": Grid(
+        objectives=["baseline", "passion", "ogm_ge", "pmr", "redcore"],
+        seeds=[0, 1, 2],
+        parameters={"preset": "cpu", "dataset": "phantom", "epochs": 8},
+    ),
     # the paper: three backbones, eight BraTS2020 splits, 300 epochs at 80^3 (GPU, days)
     "paper": Grid(
         backbones=["rfnet", "mmformer", "m2ftrans"],
@@ -203,7 +210,8 @@ def gather(out: str | os.PathLike, points: list[dict]) -> dict[str, Path]:
 
 
 def _comparison_figures(out: Path, points: list[dict]) -> dict[str, Path]:
-    """Baseline vs PASSION side by side (preference dynamics, 15-combination Dice) per setting."""
+    """Per setting: baseline vs PASSION side by side (preference dynamics, 15-combination
+    Dice), and with more objectives, all of their per-modality dynamics in one figure."""
     from passion_kit.viz import plot_dice_heatmap, plot_preference
 
     runs: dict[tuple, dict[str, Path]] = {}
@@ -214,10 +222,15 @@ def _comparison_figures(out: Path, points: list[dict]) -> dict[str, Path]:
             runs.setdefault(key, {})[p["objective"]] = run
     figures = {}
     for (backbone, rates, seed), by_objective in runs.items():
+        stem = f"{backbone}_{rates}_s{seed}"
+        if len(by_objective) > 2:  # every objective's per-modality dynamics side by side
+            path = out / "figures" / f"dynamics_{stem}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _close(plot_preference(by_objective, path=path))
+            figures[f"dynamics {stem}"] = path
         if not {"baseline", "passion"} <= set(by_objective):
             continue
         pair = {"baseline": by_objective["baseline"], "PASSION": by_objective["passion"]}
-        stem = f"{backbone}_{rates}_s{seed}"
         figures[f"preference {stem}"] = out / "figures" / f"preference_{stem}.png"
         figures[f"dice {stem}"] = out / "figures" / f"dice_{stem}.png"
         figures[f"preference {stem}"].parent.mkdir(parents=True, exist_ok=True)

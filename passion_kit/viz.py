@@ -65,6 +65,9 @@ PREFERENCE_METRICS = {
     "beta": "beta",
     "gate_rate": "gate rate",
 }
+# A balancing objective (OGM-GE, PMR, RedCore) records its own per-modality coefficient
+# (1: left alone, < 1: slowed, > 1: sped up) where PASSION records beta: one row shows both.
+_ALIASES = {"beta": ("beta", "coefficient")}
 
 RunLike = str | os.PathLike | pd.DataFrame
 
@@ -272,23 +275,39 @@ def _run_name(path: Path) -> str:
 def plot_preference(
     histories: RunLike | Sequence[RunLike] | Mapping[str, RunLike],
     *,
-    metrics: Sequence[str] = tuple(PREFERENCE_METRICS),
+    metrics: Sequence[str] | None = None,
     path: str | os.PathLike | None = None,
 ) -> PlotFigure:
     """Per-modality preference dynamics over epochs, one column per run (shared y per row).
 
+    Runs of different objectives can share a figure: the ``beta`` row shows PASSION's beta
+    and a balancing objective's ``coefficient`` (OGM-GE's k, PMR's 1 + b - g, RedCore's
+    beta), and a panel whose run did not record the row's quantity says so.
+
     Args:
         histories: a run directory, a ``history_modality.csv`` or its DataFrame; a list of
             them; or ``{label: run}`` (e.g. ``{"baseline": ..., "PASSION": ...}``).
-        metrics: columns to plot, one row each (default: D, relative preference, beta,
-            gate rate).
+        metrics: columns to plot, one row each; default: those of D, relative preference,
+            beta (or coefficient) and gate rate that at least one run recorded.
         path: save the PNG there.
+
+    Raises:
+        ValueError: a requested metric (or, by default, every one) recorded by no run.
     """
     runs = {label: read_history(r) for label, r in _labelled(histories, "histories").items()}
-    for label, table in runs.items():
-        absent = [m for m in metrics if m not in table.columns]
-        if absent:
-            raise ValueError(f"history of {label!r} has no column(s) {absent}")
+
+    def column(table: pd.DataFrame, metric: str) -> str | None:
+        return next((c for c in _ALIASES.get(metric, (metric,)) if c in table.columns), None)
+
+    requested = metrics is not None
+    metrics = list(metrics) if requested else list(PREFERENCE_METRICS)
+    recorded = [m for m in metrics if any(column(t, m) for t in runs.values())]
+    if requested and len(recorded) < len(metrics):
+        absent = [m for m in metrics if m not in recorded]
+        raise ValueError(f"no run ({', '.join(map(repr, runs))}) has the column(s) {absent}")
+    if not recorded:
+        raise ValueError(f"no run ({', '.join(map(repr, runs))}) has any of {metrics}")
+    metrics = recorded
     names = list(dict.fromkeys(m for t in runs.values() for m in t["modality"]))
     colors = modality_colors(names)
     fig = PlotFigure(figsize=(3.6 * len(runs), 2.1 * len(metrics) + 0.4), layout="constrained")
@@ -296,14 +315,33 @@ def plot_preference(
     for col, (label, table) in enumerate(runs.items()):
         for row, metric in enumerate(metrics):
             ax = axes[row, col]
-            for name, part in table.groupby("modality", sort=False):
-                part = part.sort_values("epoch")
-                ax.plot(part["epoch"], part[metric], "o-", ms=2.5, color=colors[name], label=name)
+            name_of = column(table, metric)
+            if name_of is None:
+                ax.text(
+                    0.5,
+                    0.5,
+                    "not recorded",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    fontsize=8,
+                    color="0.5",
+                )
+            else:
+                for name, part in table.groupby("modality", sort=False):
+                    part = part.sort_values("epoch")
+                    ax.plot(
+                        part["epoch"], part[name_of], "o-", ms=2.5, color=colors[name], label=name
+                    )
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(label, fontsize=10)
             if col == 0:
-                ax.set_ylabel(PREFERENCE_METRICS.get(metric, metric), fontsize=9)
+                used = {column(t, metric) for t in runs.values()} - {None}
+                text = PREFERENCE_METRICS.get(metric, metric)
+                if metric == "beta" and "coefficient" in used:
+                    text = "beta / coefficient" if "beta" in used else "coefficient"
+                ax.set_ylabel(text, fontsize=9)
             if row == len(metrics) - 1:
                 ax.set_xlabel("epoch")
     handles = [Patch(color=colors[n], label=n) for n in names]

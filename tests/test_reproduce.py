@@ -29,3 +29,16 @@ def test_unknown_grid_and_missing_notebook_are_named(tmp_path):
         reproduce("huge", out=tmp_path)
     with pytest.raises(FileNotFoundError, match="source checkout"):
         reproduce("default", out=tmp_path, notebook=tmp_path / "missing.ipynb")
+
+
+def test_the_cli_offers_every_grid_and_the_balancing_grid_compares_five_objectives():
+    from passion_kit.__main__ import GRID_NAMES
+    from passion_kit.objectives import available_objectives
+    from passion_kit.reproduce import GRIDS
+
+    assert sorted(GRID_NAMES) == sorted(GRIDS)
+    balancing = GRIDS["balancing"]
+    assert set(balancing.objectives) == set(available_objectives())
+    assert len(balancing.seeds) >= 3
+    names = [p["name"] for p in grid_points(balancing)]
+    assert len(set(names)) == 15 and all(n.endswith("_epochs8") for n in names)

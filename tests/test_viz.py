@@ -127,10 +127,28 @@ def test_preference_dynamics_side_by_side(tmp_path):
     passion.to_csv(run / "history_modality.csv", index=False)
     one = viz.plot_preference(run, metrics=["beta"])
     assert one.axes[0].get_title() == "run_a" and len(one.axes[0].get_lines()) == 4
-    with pytest.raises(ValueError, match=r"no column\(s\) \['eta'\]"):
+    with pytest.raises(ValueError, match=r"has the column\(s\) \['eta'\]"):
         viz.plot_preference(baseline, metrics=["eta"])
     with pytest.raises(FileNotFoundError, match="history_modality.csv"):
         viz.plot_preference(tmp_path / "nowhere")
+
+
+def test_balancing_runs_share_the_figure_through_their_coefficient():
+    passion = _history(True)
+    ogm = passion[["epoch", "modality"]].assign(coefficient=np.linspace(0.5, 1.0, len(passion)))
+    fig = viz.plot_preference({"PASSION": passion, "OGM-GE": ogm})
+    axes = np.array(fig.axes[:8]).reshape(4, 2)
+    assert axes[2, 0].get_ylabel() == "beta / coefficient"
+    lines = axes[2, 1].get_lines()
+    assert np.allclose(
+        np.sort(np.concatenate([line.get_ydata() for line in lines])),
+        np.sort(ogm["coefficient"].to_numpy()),
+    )
+    assert not axes[0, 1].get_lines() and axes[0, 1].texts[0].get_text() == "not recorded"
+    alone = viz.plot_preference({"OGM-GE": ogm})  # default rows: only what was recorded
+    assert len(alone.axes) == 1 and alone.axes[0].get_ylabel() == "coefficient"
+    with pytest.raises(ValueError, match="has any of"):
+        viz.plot_preference({"x": passion[["epoch", "modality"]]})
 
 
 def test_dice_heatmap_of_two_runs_and_their_difference(tmp_path):
