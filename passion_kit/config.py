@@ -331,6 +331,8 @@ def notebook_config(
         items += [f"data.patch_size={patch_size}", f"eval.window={patch_size}"]
     if smoke:
         smallest = 16 if backbone == "rfnet" else 32
+        if dataset == "phantom":  # its own small phantom, never the full one's folder
+            items.append(f"data.root={Path(base) / 'phantom_smoke'}")
         items += [
             "train.epochs=1",
             f"data.patch_size={smallest}",

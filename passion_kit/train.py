@@ -200,10 +200,22 @@ def _amp_dtype(cfg: ExperimentConfig, device: torch.device) -> torch.dtype | Non
 
 def _ensure_data(cfg: ExperimentConfig, root: Path) -> None:
     prepared = (root / "dataset.json").exists()
-    if cfg.data.dataset == "phantom" and cfg.data.phantom_cases > 0 and not prepared:
-        from passion_kit.data import make_phantom
+    if cfg.data.dataset == "phantom" and cfg.data.phantom_cases > 0:
+        from passion_kit.data import load_description, make_phantom
 
-        make_phantom(root, num_cases=cfg.data.phantom_cases, size=cfg.data.phantom_size, seed=0)
+        want = {"num_cases": cfg.data.phantom_cases, "size": cfg.data.phantom_size}
+        if not prepared:
+            make_phantom(root, num_cases=want["num_cases"], size=want["size"], seed=0)
+        else:
+            extra = load_description(root).extra
+            have = {key: extra.get(key) for key in want}
+            if have != want:
+                raise ValueError(
+                    f"{root} holds a phantom of {have['num_cases']} cases of "
+                    f"{have['size']}^3, but the config asks for {want['num_cases']} cases of "
+                    f"{want['size']}^3 (data.phantom_cases, data.phantom_size): set data.root "
+                    f"to another folder, or delete {root} to generate it again"
+                )
     if not (root / "dataset.json").exists():
         raise FileNotFoundError(
             f"no prepared dataset at {root} (dataset.json missing); prepare it with the scripts in "

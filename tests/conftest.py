@@ -34,6 +34,7 @@ def tiny_config(phantom_root: Path, run_dir: Path, *overrides: str, backbone: st
     return ExperimentConfig.preset("cpu").override(
         [
             f"data.root={phantom_root}",
+            "data.phantom_cases=0",  # use the shared phantom as it is
             f"train.run_dir={run_dir}",
             f"model.backbone={backbone}",
             f"data.patch_size={size}",

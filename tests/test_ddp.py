@@ -33,6 +33,7 @@ def test_two_process_cpu_training(phantom_root, tmp_path, objective):
         "--preset",
         "cpu",
         f"data.root={phantom_root}",
+        "data.phantom_cases=0",
         f"train.run_dir={tmp_path}",
         "data.patch_size=16",
         "train.epochs=1",

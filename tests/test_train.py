@@ -36,7 +36,8 @@ def test_fit_writes_a_complete_run(phantom_root, tmp_path, backbone, objective):
     assert meta["status"] == "complete" and meta["epochs_completed"] == 2
     epochs = _rows(run / "history_epoch.csv")
     assert [int(r["epoch"]) for r in epochs] == [0, 1]
-    assert float(epochs[0]["lr"]) == pytest.approx(2e-4) and float(epochs[1]["lr"]) < 2e-4
+    lr = cfg.train.lr
+    assert float(epochs[0]["lr"]) == pytest.approx(lr) and float(epochs[1]["lr"]) < lr
     for row in epochs:
         assert math.isfinite(float(row["loss"])) and float(row["fuse"]) > 0
     modality = _rows(run / "history_modality.csv")
@@ -111,6 +112,9 @@ def test_bad_inputs_fail_early_with_clear_messages(phantom_root, tmp_path):
         bad.write_text("not a checkpoint")
         load_checkpoint(bad)
     assert not any((tmp_path / "nowhere").glob("*"))
+    # a phantom of another recipe is never used silently (e.g. a smoke run's small one)
+    with pytest.raises(ValueError, match=r"holds a phantom of 10 cases of 32\^3.*24 cases of 48"):
+        fit(tiny_config(phantom_root, tmp_path, "data.phantom_cases=24", "data.phantom_size=48"))
 
 
 def test_poly_schedule_matches_the_official_values():

@@ -268,6 +268,8 @@ class BalancingObjective:
         students: modalities with a unimodal loss: ``"available"`` (the sample's mask) or
             ``"all"`` (official HEAD in PDT), as the baseline.
         reduction: ``"mean"`` (default) or ``"sum"`` (official) over the batch.
+        modulation_start, modulation_end: epochs (inclusive) in which the method balances
+            (:attr:`modulating`); ``modulation_end=None``: until the end.
     """
 
     name = "balancing"
@@ -281,6 +283,8 @@ class BalancingObjective:
         weight_sep: float = 1.0,
         students: Literal["available", "all"] = "available",
         reduction: Literal["mean", "sum"] = "mean",
+        modulation_start: int = 0,
+        modulation_end: int | None = None,
     ) -> None:
         if not isinstance(num_modalities, int) or num_modalities < 2:
             raise ValueError(f"num_modalities must be an int >= 2, got {num_modalities!r}")
@@ -292,6 +296,13 @@ class BalancingObjective:
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         if weight_sep < 0:
             raise ValueError(f"weight_sep must be >= 0, got {weight_sep}")
+        if modulation_start < 0 or (modulation_end is not None and modulation_end < 0):
+            raise ValueError(
+                f"modulation_start and modulation_end must be >= 0 (or end None), got "
+                f"{modulation_start} and {modulation_end}"
+            )
+        self.modulation_start = modulation_start
+        self.modulation_end = modulation_end
         self.num_modalities = num_modalities
         self.num_classes = num_classes
         self.weight_sep = weight_sep
@@ -304,6 +315,12 @@ class BalancingObjective:
 
     def __call__(self, batch: dict, backbone: Backbone) -> StepResult:  # pragma: no cover
         raise NotImplementedError
+
+    @property
+    def modulating(self) -> bool:
+        """Whether the current epoch is inside the modulation window."""
+        e, end = self.state.epoch, self.modulation_end
+        return e >= self.modulation_start and (end is None or e <= end)
 
     def after_backward(self, backbone: Backbone) -> None:
         """Hook between ``loss.backward()`` and ``optimizer.step()``; nothing by default."""
@@ -334,6 +351,22 @@ class BalancingObjective:
             "fuse": self._reduce(segmentation_loss(F.softmax(teacher.logits.float(), 1), y)),
             "deep": self._reduce(deep_supervision_loss([d.float() for d in teacher.deep], y)),
         }
+
+    def _baseline_loss(
+        self, teacher: FusionOut, step: StepInputs, sep_weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """The baseline's loss ``L_fuse + L_ds + weight_sep sum_m w_m L_sep^m`` (w = 1 unless
+        ``sep_weights`` (M,) is given).
+
+        Returns:
+            ``(loss, terms, sep)``: ``terms`` holds fuse, deep and the unweighted sep sum;
+            ``sep`` is the (M,) per-modality unimodal loss, reduced over the batch.
+        """
+        terms = self._teacher_terms(teacher, step.y)
+        sep = self._reduce(step.sep_loss)
+        terms["sep"] = sep.sum()
+        weighted = terms["sep"] if sep_weights is None else (sep_weights.to(sep.device) * sep).sum()
+        return terms["fuse"] + terms["deep"] + self.weight_sep * weighted, terms, sep
 
     @staticmethod
     def _result(

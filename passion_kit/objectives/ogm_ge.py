@@ -176,38 +176,23 @@ class OGMGEObjective(BalancingObjective):
             weight_sep=weight_sep,
             students=students,
             reduction=reduction,
+            modulation_start=modulation_start,
+            modulation_end=modulation_end,
         )
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
         if confidence not in ("fused", "separate"):
             raise ValueError(f"confidence must be 'fused' or 'separate', got {confidence!r}")
-        if modulation_start < 0 or (modulation_end is not None and modulation_end < 0):
-            raise ValueError(
-                f"modulation_start and modulation_end must be >= 0 (or end None), got "
-                f"{modulation_start} and {modulation_end}"
-            )
         self.alpha = alpha
         self.noise = noise
         self.confidence = confidence
-        self.modulation_start = modulation_start
-        self.modulation_end = modulation_end
         self.seed = int(seed)
         # (coefficient, present, modulating) of the last step, consumed by after_backward.
         self._pending: tuple[torch.Tensor, torch.Tensor, bool, int] | None = None
 
-    @property
-    def modulating(self) -> bool:
-        """Whether the current epoch is inside the modulation window."""
-        e, end = self.state.epoch, self.modulation_end
-        return e >= self.modulation_start and (end is None or e <= end)
-
     def __call__(self, batch: dict, backbone: Backbone) -> StepResult:
         step = self._begin(batch, backbone)
-        teacher = backbone.fuse(step.feats, step.mask)
-        terms = self._teacher_terms(teacher, step.y)
-        sep = self._reduce(step.sep_loss)
-        terms["sep"] = sep.sum()
-        loss = terms["fuse"] + terms["deep"] + self.weight_sep * terms["sep"]
+        loss, terms, sep = self._baseline_loss(backbone.fuse(step.feats, step.mask), step)
 
         present = step.available.any(0)
         if self.batch_reducer is not None:  # DDP: the modulated gradients are global

@@ -171,26 +171,15 @@ class PMRObjective(BalancingObjective):
             weight_sep=weight_sep,
             students=students,
             reduction=reduction,
+            modulation_start=modulation_start,
+            modulation_end=modulation_end,
         )
         for arg, value in (("alpha", alpha), ("mu", mu), ("entropy_epochs", entropy_epochs)):
             if value < 0:
                 raise ValueError(f"{arg} must be >= 0, got {value}")
-        if modulation_start < 0 or (modulation_end is not None and modulation_end < 0):
-            raise ValueError(
-                f"modulation_start and modulation_end must be >= 0 (or end None), got "
-                f"{modulation_start} and {modulation_end}"
-            )
         self.alpha = alpha
         self.mu = mu
         self.entropy_epochs = entropy_epochs
-        self.modulation_start = modulation_start
-        self.modulation_end = modulation_end
-
-    @property
-    def modulating(self) -> bool:
-        """Whether the current epoch is inside the modulation window."""
-        e, end = self.state.epoch, self.modulation_end
-        return e >= self.modulation_start and (end is None or e <= end)
 
     def __call__(self, batch: dict, backbone: Backbone) -> StepResult:
         step = self._begin(batch, backbone)
@@ -200,10 +189,7 @@ class PMRObjective(BalancingObjective):
         mods = [int(i) for i in torch.nonzero(compared.any(0)).flatten()] if self.modulating else []
         rows = 1 + len(mods)
         out = backbone.fuse(step.feats, student_masks(step.mask, mods, teacher=True))
-        terms = self._teacher_terms(out.rows(slice(0, None, rows)), step.y)
-        sep = self._reduce(step.sep_loss)
-        terms["sep"] = sep.sum()
-        loss = terms["fuse"] + terms["deep"] + self.weight_sep * terms["sep"]
+        loss, terms, sep = self._baseline_loss(out.rows(slice(0, None, rows)), step)
         per_mod = {"sep": sep}
         coefficient = torch.ones(m)
 

@@ -131,13 +131,9 @@ class RedCoreObjective(BalancingObjective):
 
     def __call__(self, batch: dict, backbone: Backbone) -> StepResult:
         step = self._begin(batch, backbone)
-        teacher = backbone.fuse(step.feats, step.mask)
-        terms = self._teacher_terms(teacher, step.y)
-        sep = self._reduce(step.sep_loss)
-        terms["sep"] = sep.sum()
         beta = self.state.coefficient
-        weighted = (beta.to(sep.device) * sep).sum()
-        loss = terms["fuse"] + terms["deep"] + self.weight_sep * weighted
+        teacher = backbone.fuse(step.feats, step.mask)
+        loss, terms, sep = self._baseline_loss(teacher, step, sep_weights=beta)
         counts = step.available.sum(0).float()
         self.state.add("loss", step.sep_loss.sum(0) / counts.clamp_min(1), counts)
         return self._result(loss, terms, {"sep": sep, "coefficient": beta})
