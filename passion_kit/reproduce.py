@@ -26,7 +26,16 @@ import pandas as pd
 
 from passion_kit.io import atomic_write_text, markdown_table
 
-__all__ = ["Grid", "GRIDS", "grid_points", "reproduce", "gather", "NOTEBOOK"]
+__all__ = [
+    "Grid",
+    "GRIDS",
+    "NOTEBOOK",
+    "execute_notebook",
+    "gather",
+    "grid_points",
+    "kernel_manager_class",
+    "reproduce",
+]
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "05_train_and_evaluate.ipynb"
 
@@ -89,6 +98,50 @@ def grid_points(grid: Grid) -> list[dict]:
     return points
 
 
+def kernel_manager_class():
+    """A Jupyter kernel manager that talks to its kernel over Unix sockets (IPC), not TCP.
+
+    With TCP, jupyter_client picks free ports, closes them and hands them to the kernel;
+    another process can take one in between (jupyter_client issue 487). The kernel then
+    runs without its heartbeat, and papermill can hang at its shutdown after the last
+    cell, stopping a long grid. IPC sockets are files in a private temporary folder, so
+    nothing can race for them. Returns None (papermill's TCP default) on Windows.
+    """
+    if os.name == "nt":
+        return None
+    import shutil
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum, default
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _private_ipc_path(self) -> str:
+            return str(Path(tempfile.mkdtemp(prefix="passion-kit-kernel-")) / "kernel")
+
+        def cleanup_ipc_files(self) -> None:
+            super().cleanup_ipc_files()  # the socket files, then their private folder
+            folder = Path(self.ip).parent
+            if folder.name.startswith("passion-kit-kernel-"):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    return IPCKernelManager
+
+
+def execute_notebook(notebook, output, parameters: dict, **kwargs):
+    """``papermill.execute_notebook`` with the kit's IPC kernel manager (see
+    :func:`kernel_manager_class`); ``kwargs`` go to papermill."""
+    import papermill as pm
+
+    manager = kernel_manager_class()
+    if manager is not None:
+        kwargs.setdefault("kernel_manager_class", manager)
+    return pm.execute_notebook(str(notebook), str(output), parameters=parameters, **kwargs)
+
+
 def _done(out: Path, name: str) -> bool:
     return (out / "runs" / name / "eval" / "test" / "summary.csv").exists()
 
@@ -108,8 +161,6 @@ def reproduce(
         Paths of the executed notebooks folder, the runs folder, ``summary.csv``,
         ``summary.md`` and the summary figure.
     """
-    import papermill as pm
-
     if isinstance(grid, str):
         if grid not in GRIDS:
             raise ValueError(f"unknown grid {grid!r}; expected one of {sorted(GRIDS)}")
@@ -131,10 +182,10 @@ def reproduce(
             continue
         log(f"[{i}/{len(points)}] {name}: running {notebook.name}")
         started = time.perf_counter()
-        pm.execute_notebook(
-            str(notebook),
-            str(executed),
-            parameters={**params, "run_dir": str((out / "runs").resolve())},
+        execute_notebook(
+            notebook,
+            executed,
+            {**params, "run_dir": str((out / "runs").resolve())},
             kernel_name=kernel_name,
             progress_bar=progress,
             cwd=str(notebook.parent),

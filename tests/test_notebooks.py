@@ -8,6 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from passion_kit.reproduce import execute_notebook
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -53,10 +55,10 @@ def test_notebook_runs_with_smoke_parameters(path, notebook_dirs):
         wanted["out"] = str(notebook_dirs["out"] / "reproduce")
     parameters = {k: v for k, v in wanted.items() if k in declared}
     executed = notebook_dirs["out"] / path.name
-    pm.execute_notebook(
-        str(path),
-        str(executed),
-        parameters=parameters,
+    execute_notebook(  # papermill, over the kit's IPC kernel manager
+        path,
+        executed,
+        parameters,
         kernel_name="python3",
         progress_bar=False,
         cwd=str(path.parent),

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
-from passion_kit.reproduce import GRIDS, grid_points, reproduce, with_overrides
+from passion_kit.reproduce import GRIDS, execute_notebook, grid_points, reproduce, with_overrides
 
 
 def test_grid_points_cover_the_product_with_unique_names():
@@ -42,3 +45,24 @@ def test_the_cli_offers_every_grid_and_the_balancing_grid_compares_five_objectiv
     assert len(balancing.seeds) >= 3
     names = [p["name"] for p in grid_points(balancing)]
     assert len(set(names)) == 15 and all(n.endswith("_epochs8") for n in names)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="IPC transport needs Unix sockets")
+def test_notebooks_run_on_a_kernel_over_ipc_not_tcp_ports(tmp_path):
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "from ipykernel.connect import get_connection_info\nprint(get_connection_info(), x)"
+        ),
+    ]
+    notebook.metadata["kernelspec"] = {"name": "python3", "language": "python"}
+    source, executed = tmp_path / "probe.ipynb", tmp_path / "executed.ipynb"
+    nbformat.write(notebook, source)
+    execute_notebook(source, executed, {"x": 7}, kernel_name="python3", progress_bar=False)
+    text = nbformat.read(executed, as_version=4).cells[-1].outputs[0]["text"]
+    assert '"transport": "ipc"' in text and "passion-kit-kernel-" in text and text.endswith("7\n")
+    folder = json.loads(text.rsplit(" ", 1)[0])["ip"].rsplit("/", 1)[0]
+    assert not os.path.exists(folder)  # the sockets' private folder is removed at shutdown

@@ -61,6 +61,30 @@ def test_fit_writes_a_complete_run(phantom_root, tmp_path, backbone, objective):
         assert any(float(r["distance"]) > 0 for r in modality)
 
 
+@pytest.mark.parametrize("backbone", available_backbones())
+@pytest.mark.parametrize("objective", ["ogm_ge", "pmr", "redcore"])
+def test_balancing_objectives_train_on_the_phantom(phantom_root, tmp_path, backbone, objective):
+    """A few steps of each balancing objective with each backbone, through the trainer."""
+    cfg = tiny_config(
+        phantom_root,
+        tmp_path,
+        f"objective.name={objective}",
+        "train.iterations_per_epoch=3",
+        backbone=backbone,
+    )
+    run = fit(cfg)
+    epochs = _rows(run / "history_epoch.csv")
+    assert len(epochs) == 2 and all(math.isfinite(float(r["loss"])) for r in epochs)
+    modality = _rows(run / "history_modality.csv")
+    assert len(modality) == 8
+    coefficients = [float(r["coefficient"]) for r in modality]  # NaN: modality not seen
+    seen = [c for c in coefficients if not math.isnan(c)]
+    assert seen and all(0 < c <= 4 for c in seen)
+    state = load_checkpoint(run / "checkpoint_last.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert state["objective"]["epoch"] == 2 and state["objective"]["steps"] == 6
+
+
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(phantom_root, tmp_path):
     straight = fit(tiny_config(phantom_root, tmp_path / "a"))
     cfg = tiny_config(phantom_root, tmp_path / "b")
