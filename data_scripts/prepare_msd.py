@@ -10,42 +10,30 @@ and labels mapped as in docs/data.md. Resumable; failures are reported at the en
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from passion_kit.data.cli import preparation_parser, run_preparation
 from passion_kit.data.description import data_root
 from passion_kit.data.msd import prepare_msd
-from passion_kit.data.prepared import PreparationError
 from passion_kit.data.preprocess import CROP_MODES
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = preparation_parser(__doc__, "msd_task01")
     ap.add_argument(
         "--root", default=None, help="folder for the download (default <data root>/raw)"
     )
     ap.add_argument("--download", action="store_true", help="download and extract if missing")
-    ap.add_argument("--out", default=None, help="default <data root>/msd_task01")
-    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--crop-mode", default="official", choices=CROP_MODES)
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    root = args.root or data_root() / "raw"
-    out = args.out or data_root() / "msd_task01"
-    try:
-        done = prepare_msd(
-            out,
-            root=root,
-            download=args.download,
-            workers=args.workers,
-            crop_mode=args.crop_mode,
-            progress=not args.quiet,
-        )
-    except (PreparationError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{out}: prepared {len(done)} new case(s)")
-    return 0
+    return run_preparation(
+        prepare_msd,
+        args,
+        "msd_task01",
+        root=args.root or data_root() / "raw",
+        download=args.download,
+        crop_mode=args.crop_mode,
+    )
 
 
 if __name__ == "__main__":

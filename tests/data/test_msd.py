@@ -136,3 +136,15 @@ def test_download_goes_through_monai_with_the_md5(tmp_path, monkeypatch):
     url, name, md5, kind = calls[0]
     assert url.endswith("Task01_BrainTumour.tar") and name == "Task01_BrainTumour.tar"
     assert (md5, kind) == ("240a19d752f0d9e9101544901065d872", "md5")
+
+
+def test_prepare_msd_script_prepares_a_downloaded_task(tmp_path, capsys):
+    from data_helpers import load_script
+
+    _write_task(tmp_path / "raw")
+    main = load_script("prepare_msd").main
+    args = ["--root", str(tmp_path / "raw"), "--out", str(tmp_path / "p"), "--quiet"]
+    assert main(args) == 0
+    assert f"{tmp_path / 'p'}: prepared 3 new case(s)" in capsys.readouterr().out
+    assert main(args) == 0  # resumable: nothing left to do
+    assert "prepared 0 new case(s)" in capsys.readouterr().out

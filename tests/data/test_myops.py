@@ -115,3 +115,12 @@ def test_bad_myops_inputs(tmp_path):
         )
     with pytest.raises(PreparationError, match="smaller than the 256 crop"):
         prepare_myops2020(tmp_path / "o2", raw_root=small, progress=False)
+
+
+def test_prepare_myops_script_counts_slice_cases(tmp_path, capsys):
+    from data_helpers import load_script
+
+    raw = _write_official(tmp_path / "raw", patients=(101,))
+    main = load_script("prepare_myops2020").main
+    assert main(["--raw", str(raw), "--out", str(tmp_path / "p"), "--quiet", "--workers", "1"]) == 0
+    assert f"{tmp_path / 'p'}: prepared 3 new slice case(s)" in capsys.readouterr().out
