@@ -66,3 +66,28 @@ def test_notebooks_run_on_a_kernel_over_ipc_not_tcp_ports(tmp_path):
     assert '"transport": "ipc"' in text and "passion-kit-kernel-" in text and text.endswith("7\n")
     folder = json.loads(text.rsplit(" ", 1)[0])["ip"].rsplit("/", 1)[0]
     assert not os.path.exists(folder)  # the sockets' private folder is removed at shutdown
+
+
+def test_gather_tables_runs_and_their_mean_over_seeds(tmp_path):
+    import pandas as pd
+
+    from passion_kit.reproduce import Grid, gather
+
+    points = grid_points(Grid(objectives=["baseline", "passion"], seeds=[0, 1]))
+    for i, point in enumerate(points):
+        folder = tmp_path / "runs" / point["name"] / "eval" / "test"
+        folder.mkdir(parents=True)
+        dice = 0.1 * (i + 1)  # baseline 0.1, 0.2; passion 0.3, 0.4
+        pd.DataFrame(
+            {"combination": ["t1", "mean"], "dice_WT": [0.0, dice], "dice_ET": [0.0, dice / 2]}
+        ).to_csv(folder / "summary.csv", index=False)
+        history = {"epoch": [0, 0], "modality": ["t1", "t2"], "beta": [1.0, 1.0]}
+        pd.DataFrame(history).to_csv(folder.parents[1] / "history_modality.csv", index=False)
+    paths = gather(tmp_path, points)
+    assert len(pd.read_csv(paths["table"])) == 4
+    seeds = pd.read_csv(paths["seeds"]).set_index("objective")
+    assert seeds.loc["passion", "WT mean"] == pytest.approx(0.35)
+    assert seeds.loc["passion", "WT std"] == pytest.approx(0.0707107, rel=1e-5)  # sample std
+    text = paths["markdown"].read_text()
+    assert "| rfnet | mr2468 | passion | 2 | 0.350 ± 0.071 | 0.175 ± 0.035 |" in text
+    assert paths["figure"].read_bytes()[:4] == b"\x89PNG"
