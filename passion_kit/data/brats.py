@@ -40,7 +40,7 @@ from passion_kit.data.prepared import (
     read_case_ids,
     write_case_ids,
 )
-from passion_kit.data.preprocess import check_image, load_nifti, map_labels, prepare_volume
+from passion_kit.data.preprocess import check_image, load_on_grid, map_labels, prepare_volume
 from passion_kit.data.splits import read_split, shipped, write_split
 
 __all__ = [
@@ -138,7 +138,7 @@ def find_brats_cases(
 
 
 def _prepare_brats(source: BratsSource) -> PreparedCase:
-    arrays, affine, shape, ref = [], None, None, None
+    arrays, grid = [], None
     for mod in source.modalities:
         path = source.files.get(mod)
         if path is None:
@@ -146,25 +146,14 @@ def _prepare_brats(source: BratsSource) -> PreparedCase:
                 f"{source.folder}: missing modality file for {mod} "
                 f"(*_{BRATS_FILE_SUFFIX.get(mod, mod)}.nii or .nii.gz)"
             )
-        data, aff = load_nifti(path)
-        if data.ndim != 3:
-            raise ValueError(f"{path}: expected a 3D image, got shape {data.shape}")
-        if shape is None:
-            shape, affine, ref = data.shape, aff, path
-        elif data.shape != shape:
-            raise ValueError(f"{path}: shape {data.shape} differs from {ref} {shape}")
-        elif not np.allclose(aff, affine, atol=1e-3):
-            raise ValueError(f"{path}: affine differs from that of {ref}")
+        data, grid = load_on_grid(path, grid)
         check_image(data, str(path))
         arrays.append(data.astype(np.float32))
     label_path = source.files.get("label")
     if label_path is None:
         raise FileNotFoundError(f"{source.folder}: missing label file (*_seg.nii or .nii.gz)")
-    raw_label, laff = load_nifti(label_path)
-    if raw_label.shape != shape:
-        raise ValueError(f"{label_path}: shape {raw_label.shape} differs from {ref} {shape}")
-    if not np.allclose(laff, affine, atol=1e-3):
-        raise ValueError(f"{label_path}: affine differs from that of {ref}")
+    raw_label, _ = load_on_grid(label_path, grid)
+    affine = grid[2]
     label = map_labels(raw_label, source.label_mapping, str(label_path))
     return prepare_volume(
         source.case_id,

@@ -32,7 +32,7 @@ import numpy as np
 
 from passion_kit.data.description import MYOPS2020, save_description
 from passion_kit.data.prepared import PreparedCase, prepare_all, read_case_ids, write_case_ids
-from passion_kit.data.preprocess import check_image, load_nifti, map_labels, zscore
+from passion_kit.data.preprocess import check_image, load_on_grid, map_labels, zscore
 from passion_kit.data.splits import read_split, shipped, write_split
 
 __all__ = [
@@ -110,7 +110,7 @@ def find_myops_cases(raw_root: str | os.PathLike, *, crop: int | None = CROP) ->
 
 
 def _prepare_myops(source: MyopsSource) -> PreparedCase:
-    arrays, shape, affine, ref = [], None, None, None
+    arrays, grid = [], None
     for key in ("bssfp", "lge", "t2", "label"):
         path = source.files.get(key)
         if path is None:
@@ -118,21 +118,14 @@ def _prepare_myops(source: MyopsSource) -> PreparedCase:
                 f"{source.patient}: missing {'label' if key == 'label' else 'modality'} file "
                 f"{source.patient}_{MYOPS_FILE_SUFFIX[key]}.nii.gz"
             )
-        data, aff = load_nifti(path)
-        if data.ndim != 3:
-            raise ValueError(f"{path}: expected a 3D short-axis stack, got shape {data.shape}")
-        if shape is None:
-            shape, affine, ref = data.shape, aff, path
-        elif data.shape != shape:
-            raise ValueError(f"{path}: shape {data.shape} differs from {ref} {shape}")
-        elif not np.allclose(aff, affine, atol=1e-3):
-            raise ValueError(f"{path}: affine differs from that of {ref}")
+        data, grid = load_on_grid(path, grid, what="a 3D short-axis stack")
         if key != "label":
             check_image(data, path)
         arrays.append(data)
     label = map_labels(arrays.pop(), MYOPS2020.label_mapping, str(source.files["label"]))
     channels = [str(source.files[k]) for k in ("bssfp", "lge", "t2")]
     volume, stats = zscore(np.stack(arrays).astype(np.float32), channels)
+    ref, shape, affine = grid
     z = source.slice_index
     start, stop = [0, 0, z], [shape[0], shape[1], z + 1]
     if source.crop is not None:

@@ -22,6 +22,7 @@ __all__ = [
     "check_image",
     "crop_bounds",
     "load_nifti",
+    "load_on_grid",
     "map_labels",
     "prepare_volume",
     "uncrop",
@@ -199,3 +200,37 @@ def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
     except Exception as exc:  # nibabel raises many types for unreadable files
         raise ValueError(f"{path}: cannot read NIfTI: {exc}") from exc
+
+
+# (path, shape, affine) of the first file of a case: the grid the others must share.
+Grid = tuple[str | os.PathLike, tuple[int, ...], np.ndarray]
+
+
+def load_on_grid(
+    path: str | os.PathLike, grid: Grid | None, *, what: str = "a 3D image"
+) -> tuple[np.ndarray, Grid]:
+    """Load a 3-D NIfTI that must share the shape and affine of the case's first file.
+
+    Args:
+        path: the file.
+        grid: ``(path, shape, affine)`` of the first file, or None for the first file.
+        what: what a 3-D file is called in the error for another dimensionality.
+
+    Returns:
+        ``(array, grid)``: the grid is this file's when ``grid`` was None.
+
+    Raises:
+        ValueError: naming ``path``, for a file that is not 3-D or whose shape or affine
+            (to 1e-3) differs from the first file's.
+    """
+    data, affine = load_nifti(path)
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected {what}, got shape {data.shape}")
+    if grid is None:
+        return data, (path, data.shape, affine)
+    ref, shape, ref_affine = grid
+    if data.shape != shape:
+        raise ValueError(f"{path}: shape {data.shape} differs from {ref} {shape}")
+    if not np.allclose(affine, ref_affine, atol=1e-3):
+        raise ValueError(f"{path}: affine differs from that of {ref}")
+    return data, grid
