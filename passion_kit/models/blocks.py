@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,7 @@ from torch import nn
 __all__ = [
     "ConvNormAct",
     "MaskedModalityConv",
+    "SkipDecoder",
     "kaiming_init",
     "as_kernel",
     "upsample",
@@ -104,3 +105,46 @@ def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=True)
+
+
+class SkipDecoder(nn.Module):
+    """A U-Net decoder from the coarsest of ``levels`` feature maps to full resolution.
+
+    At each level, coarsest first: upsample, ``up`` unit, concatenate the skip, ``merge``
+    unit, ``out`` unit (1x1); then a 1x1 conv to logits. Index i of each ModuleList
+    decodes into level i (0 = full resolution). mmFormer's and M2FTrans's unimodal
+    decoders are this with their own conv unit.
+
+    Args:
+        width: channels of level 0 (level l has ``width * 2**l``).
+        num_classes: K.
+        levels: number of feature levels.
+        unit: ``unit(in_ch, out_ch, kernel)`` builds one conv unit; ``kernel`` is
+            ``kernel`` for the up and merge units and 1 for the out units.
+        kernel: kernel of the up and merge units.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        num_classes: int,
+        levels: int,
+        unit: Callable[[int, int, Kernel], nn.Module],
+        kernel: Kernel = 3,
+    ) -> None:
+        super().__init__()
+        chans = [width * 2**i for i in range(levels)]
+        ups = (unit(chans[i + 1], chans[i], kernel) for i in range(levels - 1))
+        self.up_convs = nn.ModuleList(ups)
+        self.merge_convs = nn.ModuleList(unit(2 * c, c, kernel) for c in chans[:-1])
+        self.out_convs = nn.ModuleList(unit(c, c, 1) for c in chans[:-1])
+        self.seg = nn.Conv3d(width, num_classes, 1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """``feats``: one map per level, finest first -> logits at the finest size."""
+        x = feats[-1]
+        for level in range(len(feats) - 2, -1, -1):
+            skip = feats[level]
+            x = self.up_convs[level](upsample(x, skip.shape[2:]))
+            x = self.out_convs[level](self.merge_convs[level](torch.cat((x, skip), dim=1)))
+        return self.seg(x)

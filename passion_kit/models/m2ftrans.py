@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from passion_kit.models.base import Backbone, Features, FusionOut, expand_rows, rows_per_sample
-from passion_kit.models.blocks import ConvNormAct, upsample
+from passion_kit.models.blocks import ConvNormAct, SkipDecoder, upsample
 from passion_kit.models.transformer import TransformerLayer, row_dropout
 
 __all__ = ["M2FTrans"]
@@ -303,25 +303,11 @@ class Encoder(nn.Module):
         return out
 
 
-class SepDecoder(nn.Module):
+class SepDecoder(SkipDecoder):
     """The shared unimodal U-Net decoder over 5 levels (post-norm units); returns logits."""
 
     def __init__(self, width: int, num_classes: int) -> None:
-        super().__init__()
-        chans = [width * 2**i for i in range(LEVELS)]
-        # index i: decoding into level i (0 = full resolution)
-        self.up_convs = nn.ModuleList(ConvNormAct(chans[i + 1], chans[i]) for i in range(4))
-        self.merge_convs = nn.ModuleList(ConvNormAct(2 * c, c) for c in chans[:-1])
-        self.out_convs = nn.ModuleList(ConvNormAct(c, c, kernel=1) for c in chans[:-1])
-        self.seg = nn.Conv3d(width, num_classes, 1)
-
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = feats[-1]
-        for level in range(LEVELS - 2, -1, -1):
-            skip = feats[level]
-            x = self.up_convs[level](upsample(x, skip.shape[2:]))
-            x = self.out_convs[level](self.merge_convs[level](torch.cat((x, skip), dim=1)))
-        return self.seg(x)
+        super().__init__(width, num_classes, LEVELS, lambda i, o, k: ConvNormAct(i, o, kernel=k))
 
 
 class FusionDecoder(nn.Module):

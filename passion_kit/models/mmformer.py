@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from passion_kit.models.base import Backbone, Features, FusionOut, expand_rows, rows_per_sample
-from passion_kit.models.blocks import Kernel, MaskedModalityConv, as_kernel, upsample
+from passion_kit.models.blocks import Kernel, MaskedModalityConv, SkipDecoder, as_kernel, upsample
 from passion_kit.models.transformer import TransformerLayer
 
 __all__ = ["MMFormer", "TOKEN_LAYOUTS", "tokens_to_grid"]
@@ -135,25 +135,17 @@ class Encoder(nn.Module):
         return out
 
 
-class SepDecoder(nn.Module):
+class SepDecoder(SkipDecoder):
     """The shared unimodal U-Net decoder over the 5 conv levels; returns logits."""
 
     def __init__(self, width: int, num_classes: int, kernel: tuple[int, int, int]) -> None:
-        super().__init__()
-        chans = [width * 2**i for i in range(LEVELS)]
-        # index i: decoding into level i (0 = full resolution)
-        self.up_convs = nn.ModuleList(PreNormConv(chans[i + 1], chans[i], kernel) for i in range(4))
-        self.merge_convs = nn.ModuleList(PreNormConv(2 * c, c, kernel) for c in chans[:-1])
-        self.out_convs = nn.ModuleList(PreNormConv(c, c) for c in chans[:-1])
-        self.seg = nn.Conv3d(width, num_classes, 1)
-
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = feats[-1]
-        for level in range(LEVELS - 2, -1, -1):
-            skip = feats[level]
-            x = self.up_convs[level](upsample(x, skip.shape[2:]))
-            x = self.out_convs[level](self.merge_convs[level](torch.cat((x, skip), dim=1)))
-        return self.seg(x)
+        super().__init__(
+            width,
+            num_classes,
+            LEVELS,
+            lambda i, o, k: PreNormConv(i, o, as_kernel(k)),
+            kernel=kernel,
+        )
 
 
 class MaskedFusion(nn.Module):
