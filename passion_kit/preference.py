@@ -66,11 +66,20 @@ def task_gate(score: torch.Tensor) -> torch.Tensor:
     return score > 0
 
 
-def epoch_relative_preference(mean_distance: torch.Tensor) -> torch.Tensor:
+def epoch_relative_preference(
+    mean_distance: torch.Tensor, seen: torch.Tensor | None = None
+) -> torch.Tensor:
     """``RP_m = (Dbar - D_m) / Dbar`` with ``Dbar`` the plain mean over modalities.
 
-    Returns zeros when every distance is 0 (nothing to compare).
+    Returns zeros when every distance is 0 (nothing to compare). With ``seen`` ((M,) bool),
+    modalities not seen this epoch neither set the mean nor move: their RP is 0 whatever
+    their value (which may be NaN).
     """
+    if seen is not None:
+        rp = torch.zeros_like(mean_distance)
+        if bool(seen.any()):
+            rp[seen] = epoch_relative_preference(mean_distance[seen])
+        return rp
     dbar = mean_distance.mean()
     if float(dbar) == 0.0:
         return torch.zeros_like(mean_distance)
@@ -216,12 +225,9 @@ class PreferenceState:
             gate on) and ``eta`` (the step size used, 0 during warm-up).
         """
         mean_d = self.mean_distance()
-        seen = self.distance_count > 0
-        rp = torch.zeros(self.num_modalities)
+        # Modalities with no student this epoch neither set the mean nor move.
+        rp = epoch_relative_preference(mean_d, seen=self.distance_count > 0)
         eta_used = 0.0
-        if bool(seen.any()):
-            # Modalities with no student this epoch neither set the mean nor move.
-            rp[seen] = epoch_relative_preference(mean_d[seen])
         if update_beta and not self.in_warmup:
             if self.epoch % self.eta_every == 0:
                 self.eta *= self.eta_factor

@@ -142,8 +142,9 @@ def execute_notebook(notebook, output, parameters: dict, **kwargs):
     return pm.execute_notebook(str(notebook), str(output), parameters=parameters, **kwargs)
 
 
-def _done(out: Path, name: str) -> bool:
-    return (out / "runs" / name / "eval" / "test" / "summary.csv").exists()
+def _summary(out: Path, name: str) -> Path:
+    """A point's evaluation summary; it exists once the point is done."""
+    return out / "runs" / name / "eval" / "test" / "summary.csv"
 
 
 def reproduce(
@@ -177,7 +178,7 @@ def reproduce(
     for i, params in enumerate(points, 1):
         name = params["name"]
         executed = out / "notebooks" / f"{name}.ipynb"
-        if _done(out, name):
+        if _summary(out, name).exists():
             log(f"[{i}/{len(points)}] {name}: done already, skipped")
             continue
         log(f"[{i}/{len(points)}] {name}: running {notebook.name}")
@@ -204,7 +205,7 @@ def gather(out: str | os.PathLike, points: list[dict]) -> dict[str, Path]:
     out = Path(out)
     rows = []
     for params in points:
-        path = out / "runs" / params["name"] / "eval" / "test" / "summary.csv"
+        path = _summary(out, params["name"])
         if not path.exists():
             continue
         summary = pd.read_csv(path)
@@ -278,10 +279,9 @@ def _comparison_figures(out: Path, points: list[dict]) -> dict[str, Path]:
 
     runs: dict[tuple, dict[str, Path]] = {}
     for p in points:
-        run = out / "runs" / p["name"]
-        if (run / "eval" / "test" / "summary.csv").exists():
+        if _summary(out, p["name"]).exists():
             key = (p["backbone"], p["missing_rates"], p["seed"])
-            runs.setdefault(key, {})[p["objective"]] = run
+            runs.setdefault(key, {})[p["objective"]] = out / "runs" / p["name"]
     figures = {}
     for (backbone, rates, seed), by_objective in runs.items():
         stem = f"{backbone}_{rates}_s{seed}"

@@ -352,6 +352,28 @@ class BalancingObjective:
             "deep": self._reduce(deep_supervision_loss([d.float() for d in teacher.deep], y)),
         }
 
+    def _balances(self, compared: torch.Tensor) -> bool:
+        """Whether this step measures the modalities' balance: inside the window, with a
+        sample to compare here, or always under DDP (the ratio is a collective every rank
+        must join, even with nothing local)."""
+        return self.modulating and (self.batch_reducer is not None or bool(compared.any()))
+
+    def _ratio(
+        self, confidence: torch.Tensor, compared: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """rho of the (global) batch from (B, M) confidences; records it and the mean
+        confidence per modality.
+
+        Returns:
+            ``(ratio, valid, mean_confidence)``, each (M,).
+        """
+        ratio, valid = relative_confidence(confidence, compared, self.batch_reducer)
+        counts = compared.sum(0).float()
+        mean_conf = confidence.sum(0) / counts.clamp_min(1)
+        self.state.add("confidence", mean_conf, counts)
+        self.state.add("ratio", ratio, valid.float())
+        return ratio, valid, mean_conf
+
     def _baseline_loss(
         self, teacher: FusionOut, step: StepInputs, sep_weights: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:

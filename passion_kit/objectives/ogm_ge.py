@@ -66,7 +66,6 @@ from passion_kit.objectives.common import (
     StepInputs,
     comparable,
     modality_parameters,
-    relative_confidence,
     student_masks,
     true_class_confidence,
 )
@@ -201,15 +200,10 @@ class OGMGEObjective(BalancingObjective):
         compared = comparable(step.available)
         coefficient = torch.ones(self.num_modalities)
         per_mod = {"sep": sep}
-        # Under DDP every rank computes the ratio (a collective), even with nothing local.
-        if self.modulating and (self.batch_reducer is not None or bool(compared.any())):
+        if self._balances(compared):
             conf = self._confidence(backbone, step, compared)
-            ratio, valid = relative_confidence(conf, compared, self.batch_reducer)
+            ratio, valid, mean_conf = self._ratio(conf, compared)
             coefficient = ogm_coefficients(ratio.cpu(), valid.cpu(), self.alpha)
-            counts = compared.sum(0).float()
-            mean_conf = conf.sum(0) / counts.clamp_min(1)
-            self.state.add("confidence", mean_conf, counts)
-            self.state.add("ratio", ratio, valid.float())
             per_mod.update(confidence=mean_conf, ratio=ratio)
         self.state.add("coefficient", coefficient, present.float())
         per_mod["coefficient"] = coefficient

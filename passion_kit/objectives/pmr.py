@@ -57,7 +57,6 @@ from passion_kit.objectives.base import StepResult
 from passion_kit.objectives.common import (
     BalancingObjective,
     comparable,
-    relative_confidence,
     student_masks,
 )
 
@@ -186,15 +185,15 @@ class PMRObjective(BalancingObjective):
         b, m = step.mask.shape
         compared = comparable(step.available)
         # Students only for modalities that can be compared, and only inside the window.
-        mods = [int(i) for i in torch.nonzero(compared.any(0)).flatten()] if self.modulating else []
+        balances = self._balances(compared)
+        mods = [int(i) for i in torch.nonzero(compared.any(0)).flatten()] if balances else []
         rows = 1 + len(mods)
         out = backbone.fuse(step.feats, student_masks(step.mask, mods, teacher=True))
         loss, terms, sep = self._baseline_loss(out.rows(slice(0, None, rows)), step)
         per_mod = {"sep": sep}
         coefficient = torch.ones(m)
 
-        # Under DDP every rank computes the ratio (a collective), even with nothing local.
-        if mods or (self.modulating and self.batch_reducer is not None):
+        if balances:
             if mods:
                 feature = out.feature.reshape(b, rows, *out.feature.shape[1:])[:, 1:]
                 pce, conf, ent = (
@@ -203,7 +202,7 @@ class PMRObjective(BalancingObjective):
                 )
             else:
                 pce = conf = ent = step.y.new_zeros(b, m)
-            ratio, valid = relative_confidence(conf, compared, self.batch_reducer)
+            ratio, valid, mean_conf = self._ratio(conf, compared)
             stimulate, suppress = pmr_rebalance(ratio, valid)
             if self.state.epoch >= self.entropy_epochs:
                 suppress = torch.zeros_like(suppress)
@@ -214,10 +213,6 @@ class PMRObjective(BalancingObjective):
             terms["entropy"] = (ent_w * self._reduce(ent)).sum()
             loss = loss + terms["pce"] - terms["entropy"]
             coefficient = (1 + stimulate - suppress).cpu()
-            counts = compared.sum(0).float()
-            mean_conf = conf.sum(0) / counts.clamp_min(1)
-            self.state.add("confidence", mean_conf, counts)
-            self.state.add("ratio", ratio, valid.float())
             self.state.add("pce_weight", pce_w, valid.float())
             self.state.add("entropy_weight", ent_w, valid.float())
             per_mod.update(

@@ -62,11 +62,7 @@ def relative_advantage(mean_loss: torch.Tensor) -> torch.Tensor:
         (M,) relative advantage, > 0 for a modality with a below-average loss
         (advantaged, to be slowed down); 0 for unseen modalities.
     """
-    seen = ~torch.isnan(mean_loss)
-    ra = torch.zeros_like(mean_loss)
-    if bool(seen.any()):
-        ra[seen] = epoch_relative_preference(mean_loss[seen])
-    return ra
+    return epoch_relative_preference(mean_loss, seen=~torch.isnan(mean_loss))
 
 
 @dataclass
