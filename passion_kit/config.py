@@ -74,6 +74,10 @@ class ObjectiveConfig:
     eta: float = 0.01
     eta_factor: float = 1.5
     eta_every: int = 100
+    # 0: the paper's per-epoch beta schedule. N > 0: the schedule of an N-epoch run walked
+    # in train.epochs epochs (eta scaled by N / train.epochs), so that a short run moves
+    # beta as far as N epochs would; the cpu preset uses 300 (the paper's length).
+    eta_epochs: int = 0
     beta_range: list[float] = field(default_factory=lambda: [0.1, 4.0])
     warmup_epochs: int = 0  # region_fusion_start_epoch: unimodal losses only before it
     options: dict[str, Any] = field(default_factory=dict)  # other objectives' keywords

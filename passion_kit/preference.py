@@ -156,6 +156,11 @@ class PreferenceState:
         eta: current step size (multiplied by ``eta_factor`` at epochs 0, ``eta_every``, ...).
         epoch: the epoch in progress (0-based).
         warmup_epochs: epochs during which only the unimodal losses train and beta is frozen.
+        eta_scale: schedule epochs that one training epoch stands for (1: the paper's
+            per-epoch schedule). A short run with ``eta_scale = 300 / epochs`` walks the
+            paper's 300-epoch schedule: each epoch's step is ``eta_scale`` times the
+            schedule's eta, and eta steps up when the schedule epochs it covers reach 0,
+            ``eta_every``, ``2 eta_every``, ..., so beta can move as far as in 300 epochs.
     """
 
     num_modalities: int
@@ -165,6 +170,7 @@ class PreferenceState:
     beta_low: float = 0.1
     beta_high: float = 4.0
     warmup_epochs: int = 0
+    eta_scale: float = 1.0
     epoch: int = 0
     beta: torch.Tensor = field(default=None)  # type: ignore[assignment]
     omega: torch.Tensor = field(default=None)  # type: ignore[assignment]
@@ -229,12 +235,17 @@ class PreferenceState:
         rp = epoch_relative_preference(mean_d, seen=self.distance_count > 0)
         eta_used = 0.0
         if update_beta and not self.in_warmup:
-            if self.epoch % self.eta_every == 0:
-                self.eta *= self.eta_factor
-            self.beta = _update_beta(
-                self.beta, rp, self.eta, low=self.beta_low, high=self.beta_high
+            # Step-ups of the schedule (at its epochs 0, every, 2 every, ...) that fall in
+            # the schedule epochs [start, stop) this epoch covers: one per 'every' at scale 1.
+            start, stop = self.epoch * self.eta_scale, (self.epoch + 1) * self.eta_scale
+            ups = math.ceil(round(stop / self.eta_every, 9)) - math.ceil(
+                round(start / self.eta_every, 9)
             )
-            eta_used = self.eta
+            self.eta *= self.eta_factor**ups
+            eta_used = self.eta * self.eta_scale
+            self.beta = _update_beta(
+                self.beta, rp, eta_used, low=self.beta_low, high=self.beta_high
+            )
         record = {
             "distance": mean_d.tolist(),
             "relative_preference": rp.tolist(),

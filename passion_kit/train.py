@@ -107,6 +107,7 @@ def build_objective_from(cfg: ExperimentConfig, num_modalities: int, num_classes
             eta_every=o.eta_every,
             beta_range=tuple(o.beta_range),
             warmup_epochs=o.warmup_epochs,
+            eta_scale=eta_scale(cfg),
         )
         options.update(o.options)
     else:
@@ -116,6 +117,14 @@ def build_objective_from(cfg: ExperimentConfig, num_modalities: int, num_classes
     return build_objective(
         o.name, num_modalities=num_modalities, num_classes=num_classes, **options
     )
+
+
+def eta_scale(cfg: ExperimentConfig) -> float:
+    """Schedule epochs per training epoch: ``objective.eta_epochs / train.epochs`` (1 if 0)."""
+    n = cfg.objective.eta_epochs
+    if n < 0:
+        raise ValueError(f"objective.eta_epochs must be >= 0, got {n}")
+    return n / cfg.train.epochs if n else 1.0
 
 
 class RunFiles:

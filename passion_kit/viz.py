@@ -31,6 +31,7 @@ import pandas as pd
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from passion_kit.data.splits import MissingRateSplit
 
@@ -334,6 +335,7 @@ def plot_preference(
                         part["epoch"], part[name_of], "o-", ms=2.5, color=colors[name], label=name
                     )
             ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
             if row == 0:
                 ax.set_title(label, fontsize=10)
             if col == 0:

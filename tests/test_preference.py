@@ -134,3 +134,40 @@ def test_synchronize_sums_the_epoch_statistics_over_processes():
     for state in ranks:
         assert state.end_epoch()["beta"] == pytest.approx(expected["beta"])
     assert expected["beta"] != pytest.approx([1.0, 1.0, 1.0])
+
+
+def _eta_sequence(epochs: int, scale: float) -> list[float]:
+    """The step size each epoch of a run uses, with a constant preference."""
+    state = pref.PreferenceState(2, eta_scale=scale)
+    etas = []
+    for _ in range(epochs):
+        state.record(torch.tensor([0.1, 0.3]), torch.ones(2), torch.zeros(2))
+        etas.append(state.end_epoch()["eta"][0])
+    return etas
+
+
+def test_eta_scale_one_is_the_paper_schedule():
+    assert _eta_sequence(301, 1.0) == pytest.approx([pref.eta_for_epoch(e) for e in range(301)])
+
+
+@pytest.mark.parametrize("epochs", [30, 40, 35, 24])
+def test_a_short_run_walks_the_whole_paper_schedule(epochs):
+    """eta_scale = 300 / E: E epochs move beta as far as the paper's 300 (same eta sum)."""
+    paper = sum(pref.eta_for_epoch(e) for e in range(300))
+    short = _eta_sequence(epochs, 300 / epochs)
+    assert sum(short) == pytest.approx(paper, rel=0.03)
+    assert short == sorted(short)  # the schedule only steps up
+    assert short[-1] == pytest.approx(pref.eta_for_epoch(299) * 300 / epochs)
+
+
+def test_eta_epochs_in_the_config_scales_the_objective():
+    from passion_kit.config import ExperimentConfig
+    from passion_kit.train import build_objective_from
+
+    cfg = ExperimentConfig.preset("cpu").override(["train.epochs=30", "objective.eta_epochs=300"])
+    assert build_objective_from(cfg, 4, 4).state.eta_scale == pytest.approx(10.0)
+    paper = ExperimentConfig.preset("brats2020-paper")
+    assert paper.objective.eta_epochs == 0
+    assert build_objective_from(paper, 4, 4).state.eta_scale == 1.0
+    with pytest.raises(ValueError, match="eta_epochs"):
+        build_objective_from(cfg.override(["objective.eta_epochs=-1"]), 4, 4)

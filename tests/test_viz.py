@@ -122,6 +122,9 @@ def test_preference_dynamics_side_by_side(tmp_path):
         assert np.allclose(line.get_ydata(), expected)
         assert line.get_color() == viz.modality_colors(NAMES)[name]
     assert all(np.allclose(line.get_ydata(), 1.0) for line in axes[2, 0].get_lines())
+    fig.canvas.draw()  # epochs are whole numbers: no tick at 0.5
+    ticks = axes[-1, 0].get_xticks()
+    assert len(ticks) > 1 and np.allclose(ticks, np.round(ticks))
     run = tmp_path / "run_a"
     run.mkdir()
     passion.to_csv(run / "history_modality.csv", index=False)

@@ -83,6 +83,11 @@ TISSUE_INTENSITY = np.array(
 NOISE_STD = (0.07, 0.07, 0.05, 0.05)  # per modality, in the units of TISSUE_INTENSITY
 BIAS_STRENGTH = 0.12  # std of the log bias field
 CONTRAST_JITTER = 0.06  # std of the per-case multiplicative jitter of each tissue mean
+# Tumour size, in units of the half-width of the volume: the edema's radius, and the
+# core's radius as a fraction of it.
+TUMOUR_RADIUS = (0.3, 0.45)
+CORE_FRACTION = (0.5, 0.68)
+RIM_MIN_VOXELS = 0.0
 # The official BraTS2020 rate settings; the phantom gets each of them for its train list.
 PHANTOM_RATE_SPLITS = (
     "mr1379", "mr2258", "mr2285", "mr2468", "mr5528", "mr5582", "mr8825", "mr8852",
@@ -138,9 +143,10 @@ def _tissue_map(rng: np.random.Generator, size: int) -> np.ndarray:
     direction = rng.standard_normal(3)
     direction /= np.linalg.norm(direction)
     tc = center + direction * rng.uniform(0.15, 0.45) * np.array(radii)
-    r_edema = rng.uniform(0.3, 0.45)
-    r_core = r_edema * rng.uniform(0.5, 0.68)
-    rim = rng.uniform(0.06, 0.09)
+    r_edema = rng.uniform(*TUMOUR_RADIUS)
+    r_core = r_edema * rng.uniform(*CORE_FRACTION)
+    # The enhancing rim is at least RIM_MIN_VOXELS thick whatever the volume size.
+    rim = max(rng.uniform(0.06, 0.09), RIM_MIN_VOXELS * 2.0 / size)
     d_core = _ellipsoid_distance(grid, tc, (r_core,) * 3) + 0.15 * _smooth_field(rng, size, 14)
     d_edema = _ellipsoid_distance(grid, tc, (r_edema,) * 3) + 0.25 * _smooth_field(rng, size, 11)
     core = brain & (d_core < 1.0)

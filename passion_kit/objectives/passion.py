@@ -66,6 +66,8 @@ class PassionObjective:
         track_distance: for the baseline only, also measure each student's distance D
             (without gradient) so preference dynamics can be compared.
         eta, eta_factor, eta_every, beta_range, warmup_epochs: the beta schedule (spec E).
+        eta_scale: schedule epochs per training epoch (see
+            :class:`~passion_kit.preference.PreferenceState`); 1 is the paper's schedule.
         omega: (M,) inverse-availability weights (IDT); ones if None (PDT).
     """
 
@@ -89,6 +91,7 @@ class PassionObjective:
         eta_every: int = 100,
         beta_range: tuple[float, float] = (0.1, 4.0),
         warmup_epochs: int = 0,
+        eta_scale: float = 1.0,
         omega: torch.Tensor | None = None,
     ) -> None:
         if students not in ("available", "all"):
@@ -97,6 +100,8 @@ class PassionObjective:
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not eta_scale > 0:
+            raise ValueError(f"eta_scale must be > 0, got {eta_scale}")
         self.name = "passion" if enabled else "baseline"
         self.num_modalities = num_modalities
         self.num_classes = num_classes
@@ -121,6 +126,7 @@ class PassionObjective:
             beta_low=beta_range[0],
             beta_high=beta_range[1],
             warmup_epochs=warmup_epochs,
+            eta_scale=eta_scale,
         )
         if omega is not None:
             self.set_omega(omega)
