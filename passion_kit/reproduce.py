@@ -31,9 +31,12 @@ __all__ = [
     "GRIDS",
     "NOTEBOOK",
     "execute_notebook",
+    "format_effect",
     "gather",
     "grid_points",
     "kernel_manager_class",
+    "paired_effect",
+    "plot_effect",
     "reproduce",
 ]
 
@@ -269,7 +272,180 @@ def gather(out: str | os.PathLike, points: list[dict]) -> dict[str, Path]:
     fig.savefig(paths["figure"], dpi=120)
     plt.close(fig)
     paths.update(_comparison_figures(out, points))
+    effect = paired_effect(out, points)
+    if not effect.empty:
+        paths["effect"] = out / "effect.csv"
+        paths["effect_markdown"] = out / "effect.md"
+        paths["effect_figure"] = out / "effect.png"
+        atomic_write_text(paths["effect"], effect.to_csv(index=False))
+        atomic_write_text(paths["effect_markdown"], format_effect(effect, markdown=True))
+        _close(plot_effect(effect, path=paths["effect_figure"]))
     return paths
+
+
+def _t975(dof: int) -> float:
+    """The 0.975 quantile of Student's t with ``dof`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
+
+
+def paired_effect(
+    out: str | os.PathLike,
+    points: list[dict],
+    *,
+    treatment: str = "passion",
+    control: str = "baseline",
+) -> pd.DataFrame:
+    """Treatment minus control per combination and region, paired by seed.
+
+    For every (backbone, missing rates) with both objectives evaluated for the same
+    seeds: per seed, the difference of the two runs' Dice (mean over test cases) for each
+    combination and region; then the mean over seeds and its 95 % confidence interval
+    ``mean ± t(0.975, n-1) sd / sqrt(n)`` (no interval with one seed). The last row of
+    each setting is the mean over combinations. ``verdict`` per region: ``better`` when
+    the interval lies above 0, ``worse`` below 0, else ``unclear``.
+
+    Returns:
+        One row per (backbone, missing_rates, combination) with ``<region> mean``,
+        ``<region> low``, ``<region> high`` and ``<region> verdict``, plus ``seeds``;
+        empty when no pair is evaluated.
+    """
+    import numpy as np
+
+    out = Path(out)
+    runs: dict[tuple, dict[str, dict[int, pd.DataFrame]]] = {}
+    for p in points:
+        if p["objective"] not in (treatment, control) or not _summary(out, p["name"]).exists():
+            continue
+        table = pd.read_csv(_summary(out, p["name"])).set_index("combination")
+        key = (p["backbone"], p["missing_rates"])
+        runs.setdefault(key, {}).setdefault(p["objective"], {})[p["seed"]] = table
+    rows = []
+    for (backbone, rates), by_objective in runs.items():
+        seeds = sorted(set(by_objective.get(treatment, {})) & set(by_objective.get(control, {})))
+        if not seeds:
+            continue
+        first = by_objective[treatment][seeds[0]]
+        regions = [c.removeprefix("dice_") for c in first.columns if c.startswith("dice_")]
+        for combination in first.index:
+            row = {"backbone": backbone, "missing_rates": rates, "combination": combination}
+            row["seeds"] = len(seeds)
+            for region in regions:
+                diff = np.array(
+                    [
+                        by_objective[treatment][s].loc[combination, f"dice_{region}"]
+                        - by_objective[control][s].loc[combination, f"dice_{region}"]
+                        for s in seeds
+                    ],
+                    dtype=float,
+                )
+                mean = float(diff.mean())
+                if len(diff) > 1:
+                    half = _t975(len(diff) - 1) * float(diff.std(ddof=1)) / len(diff) ** 0.5
+                    low, high = mean - half, mean + half
+                else:
+                    low = high = float("nan")
+                verdict = "better" if low > 0 else "worse" if high < 0 else "unclear"
+                row |= {
+                    f"{region} mean": mean,
+                    f"{region} low": low,
+                    f"{region} high": high,
+                    f"{region} verdict": verdict,
+                }
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_effect(effect: pd.DataFrame, *, markdown: bool = False) -> str:
+    """The paired effect as a table (text for a terminal, or Markdown), with a verdict line
+    per region: which combinations the treatment improves and which it makes worse."""
+    regions = [c.removesuffix(" mean") for c in effect.columns if c.endswith(" mean")]
+    blocks = []
+    for (backbone, rates), part in effect.groupby(["backbone", "missing_rates"], sort=False):
+        n = int(part["seeds"].iloc[0])
+        title = (
+            f"PASSION minus baseline, Dice per combination ({backbone}, {rates}, "
+            f"{n} seed{'s' if n > 1 else ''} paired; mean [95 % interval])"
+        )
+
+        def cell(row, region):
+            mean, low, high = (row[f"{region} {k}"] for k in ("mean", "low", "high"))
+            if pd.isna(low):
+                return f"{mean:+.3f}"
+            mark = {"better": "+", "worse": "-"}.get(row[f"{region} verdict"], " ")
+            return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]{mark}"
+
+        header = ["combination", *regions]
+        body = [
+            [row["combination"], *(cell(row, r) for r in regions)] for _, row in part.iterrows()
+        ]
+        if markdown:
+            lines = [f"**{title}**", "", "| " + " | ".join(header) + " |"]
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in body]
+        else:
+            widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
+            lines = [title]
+            lines += [
+                "  ".join(
+                    str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                    for i, (c, w) in enumerate(zip(r, widths, strict=True))
+                )
+                for r in [header, *body]
+            ]
+        lines.append("")
+        combos = part[part["combination"] != "mean"]
+        for region in regions:
+            better = combos.loc[combos[f"{region} verdict"] == "better", "combination"].tolist()
+            worse = combos.loc[combos[f"{region} verdict"] == "worse", "combination"].tolist()
+            lines.append(
+                f"{region}: better in {len(better)} of {len(combos)} combinations"
+                f"{' (' + ', '.join(better) + ')' if better else ''}; worse in {len(worse)}"
+                f"{' (' + ', '.join(worse) + ')' if worse else ''}"
+            )
+        if n < 2:
+            lines.append("(one seed: no interval; run more seeds for a verdict)")
+        else:
+            lines.append("+ / -: the 95 % interval lies above / below 0 (better / worse)")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def plot_effect(effect: pd.DataFrame, *, path: str | os.PathLike | None = None):
+    """Bars of the paired mean difference per combination and region, with 95 % intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    regions = [c.removesuffix(" mean") for c in effect.columns if c.endswith(" mean")]
+    groups = list(effect.groupby(["backbone", "missing_rates"], sort=False))
+    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 3.4 * len(groups)), squeeze=False)
+    for ax, ((backbone, rates), part) in zip(axes[:, 0], groups, strict=True):
+        x = np.arange(len(part))
+        width = 0.8 / len(regions)
+        for j, region in enumerate(regions):
+            mean = part[f"{region} mean"].to_numpy()
+            err = np.vstack([mean - part[f"{region} low"], part[f"{region} high"] - mean])
+            err = np.nan_to_num(err)
+            ax.bar(x + j * width, mean, width, yerr=err, capsize=2, label=region)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_xticks(x + 0.4 - width / 2, part["combination"], rotation=40, ha="right")
+        ax.set_ylabel("Dice difference")
+        n = int(part["seeds"].iloc[0])
+        ax.set_title(
+            f"PASSION minus baseline, {backbone}, {rates}: mean over {n} paired seed(s), "
+            f"95 % interval",
+            fontsize=10,
+        )
+        ax.legend(ncols=len(regions), fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
 
 
 def _comparison_figures(out: Path, points: list[dict]) -> dict[str, Path]:

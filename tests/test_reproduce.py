@@ -91,3 +91,41 @@ def test_gather_tables_runs_and_their_mean_over_seeds(tmp_path):
     text = paths["markdown"].read_text()
     assert "| rfnet | mr2468 | passion | 2 | 0.350 ± 0.071 | 0.175 ± 0.035 |" in text
     assert paths["figure"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_effect_by_seed_with_a_t_interval(tmp_path):
+    import pandas as pd
+
+    from passion_kit.reproduce import Grid, format_effect, gather, paired_effect
+
+    points = grid_points(Grid(objectives=["baseline", "passion"], seeds=[0, 1, 2]))
+    # Per seed: baseline Dice b_s, PASSION b_s + d_s, with d = (0.18, 0.2, 0.22) on t1
+    # (better), (-0.22, -0.2, -0.18) on t2 (worse) and (-0.1, 0.0, 0.1) on the mean (unclear).
+    base = {0: 0.5, 1: 0.2, 2: 0.7}
+    diffs = {"t1": [0.18, 0.2, 0.22], "t2": [-0.22, -0.2, -0.18], "mean": [-0.1, 0.0, 0.1]}
+    for point in points:
+        s = point["seed"]
+        folder = tmp_path / "runs" / point["name"] / "eval" / "test"
+        folder.mkdir(parents=True)
+        on = point["objective"] == "passion"
+        dice = [base[s] + (diffs[c][s] if on else 0.0) for c in diffs]
+        pd.DataFrame({"combination": list(diffs), "dice_WT": dice}).to_csv(
+            folder / "summary.csv", index=False
+        )
+        history = {"epoch": [0, 0], "modality": ["t1", "t2"], "beta": [1.0, 1.0]}
+        pd.DataFrame(history).to_csv(folder.parents[1] / "history_modality.csv", index=False)
+    effect = paired_effect(tmp_path, points).set_index("combination")
+    half = 4.302653 * 0.02 / 3**0.5  # t(0.975, 2) * sd / sqrt(n)
+    assert effect.loc["t1", "WT mean"] == pytest.approx(0.2)
+    assert effect.loc["t1", "WT low"] == pytest.approx(0.2 - half, rel=1e-5)
+    assert effect.loc["t1", "WT high"] == pytest.approx(0.2 + half, rel=1e-5)
+    assert list(effect["WT verdict"]) == ["better", "worse", "unclear"]
+    assert (effect["seeds"] == 3).all()
+    text = format_effect(paired_effect(tmp_path, points))
+    assert "WT: better in 1 of 2 combinations (t1); worse in 1 (t2)" in text
+    assert f"+0.200 [{0.2 - half:+.3f}, {0.2 + half:+.3f}]+" in text
+    paths = gather(tmp_path, points)
+    assert paths["effect_figure"].read_bytes()[:4] == b"\x89PNG"
+    assert "t1" in paths["effect_markdown"].read_text()
+    one_seed = [p for p in points if p["seed"] == 0]
+    assert "one seed: no interval" in format_effect(paired_effect(tmp_path, one_seed))

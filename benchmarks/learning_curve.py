@@ -1,0 +1,296 @@
+"""How fast a backbone learns the phantom on this machine: Dice against steps and seconds.
+
+Trains one run with the kit's trainer (the ``cpu`` preset unless told otherwise, plus any
+``section.key=value`` overrides), keeps a checkpoint at every ``--eval-every`` epochs and
+evaluates each on the phantom's test split: Dice for WT, TC and ET with all modalities
+present and the mean over the 15 combinations. The learning rate follows the run's
+schedule over all its epochs, so an early row is a snapshot of the full run, not a shorter
+run. Then, with ``--profile``, where a training step's time goes (data loading and
+augmentation, encoders, fusion, unimodal decoders, losses, backward, optimizer), and with
+``--switches``, the step time of each CPU option measured side by side in this process.
+
+Usage::
+
+    python benchmarks/learning_curve.py --backbone rfnet --device cpu
+    python benchmarks/learning_curve.py --objective baseline --profile --switches
+    python benchmarks/learning_curve.py data.setting=pdt train.lr=2e-3 --eval-every 5
+
+Seconds depend on the machine and its load (state it next to a figure); steps do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _curve(cfg, every: int, device: str, log) -> list[dict]:
+    import pandas as pd
+
+    from passion_kit.data import PreparedDataset
+    from passion_kit.evaluate import evaluate_cases, load_run, summarize
+    from passion_kit.train import fit
+
+    epochs = cfg.train.epochs
+    marks = sorted({*range(every, epochs + 1, every), epochs})
+    cfg.train.keep_epochs = marks
+    started = time.perf_counter()
+    run = fit(cfg)
+    log(f"trained {epochs} epochs in {time.perf_counter() - started:.0f} s ({run})")
+    history = pd.read_csv(run / "history_epoch.csv")
+    steps = history["iterations"].cumsum().to_numpy()
+    seconds = history["time_s"].cumsum().to_numpy()
+    rows = []
+    for mark in marks:
+        loaded = load_run(run, checkpoint=run / f"checkpoint_epoch{mark}.pt", device=device)
+        dataset = PreparedDataset(loaded.root, cfg.data.test_split, setting="full")
+        per_case = evaluate_cases(
+            loaded.backbone,
+            dataset,
+            window=cfg.eval.window,
+            overlap=cfg.eval.overlap,
+            device=loaded.device,
+            progress=False,
+        )
+        summary = summarize(per_case).set_index("combination")
+        ms = loaded.description.modalities
+        full = summary.loc[ms.name(ms.num_combinations - 1)]  # every modality present
+        mean = summary.loc["mean"]
+        rows.append(
+            {"epoch": mark, "steps": int(steps[mark - 1]), "train_s": float(seconds[mark - 1])}
+            | {f"all_{r}": float(full[f"dice_{r}"]) for r in ("WT", "TC", "ET")}
+            | {f"mean15_{r}": float(mean[f"dice_{r}"]) for r in ("WT", "TC", "ET")}
+        )
+    return rows
+
+
+class _Timer:
+    """Wraps a bound method and adds the seconds of each call to ``totals[key]``."""
+
+    def __init__(self, totals: dict, key: str, fn) -> None:
+        self.totals, self.key, self.fn = totals, key, fn
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.totals[self.key] = self.totals.get(self.key, 0.0) + time.perf_counter() - start
+
+
+def _profile(cfg, steps: int, log) -> list[tuple[str, float]]:
+    """Mean seconds per step of each part of a training step (the trainer's own objects)."""
+    import torch
+
+    from passion_kit.data import PreparedDataset, augment_for, load_description
+    from passion_kit.train import _amp_dtype, build_model, build_objective_from, select_device
+
+    device = select_device(cfg.train.device)
+    root = cfg.dataset_root()
+    description = load_description(root)
+    dataset = PreparedDataset(
+        root,
+        cfg.data.train_split,
+        setting=cfg.data.setting,
+        missing_rates=cfg.data.missing_rates if cfg.data.setting != "pdt" else None,
+        augment=augment_for(description, tuple(cfg.data.patch_size), jitter=cfg.data.jitter),
+    )
+    m, k = description.num_modalities, len(description.classes)
+    torch.manual_seed(0)
+    net = build_model(cfg, m, k).to(device).train()
+    objective = build_objective_from(cfg, m, k)
+    counts, total = dataset.availability()
+    if hasattr(objective, "set_omega") and cfg.data.setting != "pdt":
+        objective.set_omega(total / counts.clamp_min(1).double())
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, amsgrad=True)
+    amp = _amp_dtype(cfg, device)
+    totals: dict[str, float] = {}
+    for name in ("encode", "fuse", "separate"):
+        setattr(net, name, _Timer(totals, name, getattr(net, name)))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True)
+    it = iter(loader)
+
+    def one() -> dict:
+        nonlocal it
+        parts: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            batch = next(it)
+        t1 = time.perf_counter()
+        totals.clear()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            result = objective(batch, net)
+        t2 = time.perf_counter()
+        result.loss.backward()
+        t3 = time.perf_counter()
+        optimizer.step()
+        t4 = time.perf_counter()
+        parts["data loading and augmentation"] = t1 - t0
+        parts["encoders (forward)"] = totals.get("encode", 0.0)
+        parts["fusion decoder (forward)"] = totals.get("fuse", 0.0)
+        parts["unimodal decoders (forward)"] = totals.get("separate", 0.0)
+        parts["losses and PASSION terms (forward)"] = (t2 - t1) - sum(totals.values())
+        parts["backward"] = t3 - t2
+        parts["optimizer"] = t4 - t3
+        objective.state.reset_epoch_stats() if hasattr(objective, "state") else None
+        return parts
+
+    for _ in range(2):  # warm-up
+        one()
+    records = [one() for _ in range(steps)]
+    keys = list(records[0])
+    means = [(key, statistics.mean(r[key] for r in records)) for key in keys]
+    log(f"profiled {steps} steps after 2 warm-up steps")
+    return means
+
+
+def _step_fn(net, objective, optimizer, batch, amp):
+    """One timed forward, backward and optimizer step on a fixed batch."""
+    import torch
+
+    def step() -> float:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            result = objective(batch, net)
+        result.loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    return step
+
+
+def _switches(cfg, steps: int) -> list[tuple[str, float]]:
+    """Median step time (model and objective only) of CPU options, measured side by side."""
+    import torch
+
+    from passion_kit.models import build_backbone
+    from passion_kit.objectives import build_objective
+
+    p = tuple(cfg.data.patch_size)
+    mask = torch.tensor([[True, True, False, True]] * cfg.train.batch_size)
+    image = torch.randn(cfg.train.batch_size, 4, *p) * mask[:, :, None, None, None]
+    label = torch.randint(0, 4, (cfg.train.batch_size, *p))
+    variants = {
+        "fp32": dict(amp=None, channels_last=False),
+        "bf16 autocast": dict(amp=torch.bfloat16, channels_last=False),
+        "bf16 autocast, channels-last": dict(amp=torch.bfloat16, channels_last=True),
+    }
+    runners = {}
+    for name, options in variants.items():
+        torch.manual_seed(0)
+        net = build_backbone(cfg.model.backbone, width=cfg.model.width, patch_size=p)
+        x = image
+        if options["channels_last"]:
+            net = net.to(memory_format=torch.channels_last_3d)
+            x = image.contiguous(memory_format=torch.channels_last_3d)
+        objective = build_objective(cfg.objective.name, num_modalities=4, num_classes=4)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, amsgrad=True)
+        batch = {"image": x, "label": label, "mask": mask}
+
+        runners[name] = _step_fn(net, objective, optimizer, batch, options["amp"])
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for step in runners.values():
+        step(), step()  # warm-up
+    for _ in range(steps):  # interleaved: a busy machine slows every variant alike
+        for name, step in runners.items():
+            times[name].append(step())
+    return [(name, statistics.median(t)) for name, t in times.items()]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="section.key=value config overrides")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--backbone", default="rfnet")
+    parser.add_argument("--objective", default="baseline", help="baseline | passion | ...")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--epochs", type=int, default=0, help="0: the preset's")
+    parser.add_argument("--eval-every", type=int, default=0, help="epochs (0: 5 points)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--out", default="", help="run folder parent (default: a temp folder)")
+    parser.add_argument("--no-curve", action="store_true", help="skip the training curve")
+    parser.add_argument("--profile", action="store_true", help="where a step's time goes")
+    parser.add_argument("--switches", action="store_true", help="CPU options side by side")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps for the tables")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from passion_kit.config import ExperimentConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = ExperimentConfig.preset(args.preset).override(
+            [
+                f"model.backbone={args.backbone}",
+                f"objective.name={args.objective}",
+                f"train.device={args.device}",
+                "train.progress=false",
+                *([f"train.epochs={args.epochs}"] if args.epochs else []),
+                *args.overrides,
+            ]
+        )
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
+    every = args.eval_every or max(1, cfg.train.epochs // 5)
+    print(
+        f"{args.backbone}, {cfg.objective.name}, {cfg.data.setting} {cfg.data.missing_rates}, "
+        f"phantom {cfg.data.phantom_cases} cases of {cfg.data.phantom_size}^3, patch "
+        f"{cfg.data.patch_size[0]}^3, batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
+        f"amp {cfg.train.amp}, {cfg.train.epochs} epochs; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    with contextlib.ExitStack() as stack:
+        out = args.out or stack.enter_context(tempfile.TemporaryDirectory(prefix="curve-"))
+        cfg.train.run_dir = str(Path(out) / "runs")
+        if not os.environ.get("PASSION_KIT_DATA") and not args.out:
+            os.environ["PASSION_KIT_DATA"] = str(Path(out) / "data")
+        rows: list[dict] = []
+        if not args.no_curve:
+            rows = _curve(cfg, every, args.device, lambda s: print(s, flush=True))
+            print()
+            print(
+                f"{'epoch':>5} {'steps':>6} {'train s':>8} | all modalities: "
+                f"{'WT':>5} {'TC':>5} {'ET':>5} | mean of 15: {'WT':>5} {'TC':>5} {'ET':>5}"
+            )
+            for r in rows:
+                print(
+                    f"{r['epoch']:>5} {r['steps']:>6} {r['train_s']:>8.0f} | {'':>16}"
+                    f"{r['all_WT']:>5.3f} {r['all_TC']:>5.3f} {r['all_ET']:>5.3f} | {'':>11}"
+                    f"{r['mean15_WT']:>5.3f} {r['mean15_TC']:>5.3f} {r['mean15_ET']:>5.3f}"
+                )
+        if args.profile:
+            if args.no_curve:  # the trainer generates the phantom; without it, do it here
+                from passion_kit.train import _ensure_data
+
+                _ensure_data(cfg, cfg.dataset_root())
+            parts = _profile(cfg, args.steps, lambda s: print(s, flush=True))
+            total = sum(v for _, v in parts)
+            print(f"\nwhere a training step's time goes ({cfg.objective.name}, mean of steps):")
+            for key, value in parts:
+                print(f"  {key:<38} {value:>7.3f} s {100 * value / total:>5.1f} %")
+            print(f"  {'total':<38} {total:>7.3f} s")
+        if args.switches:
+            print(f"\nCPU options, median step over {args.steps} interleaved steps:")
+            for name, value in _switches(cfg, args.steps):
+                print(f"  {name:<32} {value:>7.3f} s")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
