@@ -130,7 +130,17 @@ GRID_NAMES = ["default", "balancing", "paper"]
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from passion_kit.reproduce import GRIDS, reproduce, with_overrides
+    import pandas as pd
+
+    from passion_kit.reproduce import (
+        GRIDS,
+        auto_jobs,
+        format_effect,
+        grid_points,
+        reproduce,
+        run_overview,
+        with_overrides,
+    )
 
     def listed(text: str | None, cast=str):
         return [cast(v) for v in text.split(",") if v] if text else None
@@ -147,9 +157,22 @@ def _reproduce(args: argparse.Namespace) -> int:
         key, _, value = item.partition("=")
         extra[key] = _literal(value)
     grid.parameters = extra
+    jobs = args.jobs
+    if jobs == "auto":
+        jobs = auto_jobs(grid)
+    elif not jobs.isdigit() or int(jobs) < 1:
+        print(f"error: --jobs must be a positive integer or auto, got {jobs!r}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
-    paths = reproduce(grid, out=args.out)
-    print(paths["markdown"].read_text())
+    paths = reproduce(grid, out=args.out, jobs=int(jobs))
+    points = grid_points(grid)
+    overview = run_overview(args.out, points)
+    print("\nEvery run (test split): Dice with all modalities, mean Dice over the combinations,")
+    print("and the last epoch's largest and smallest beta (PASSION) or coefficient:\n")
+    print(overview.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if "effect" in paths:
+        print()
+        print(format_effect(pd.read_csv(paths["effect"])))
     print(f"finished in {time.perf_counter() - started:.0f} s")
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -198,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--missing-rates", help="comma-separated split names, e.g. mr2468,mr1379")
     rep.add_argument("--seeds", help="comma-separated, e.g. 0,1,2")
     rep.add_argument("--out", default="outputs/reproduce")
+    rep.add_argument(
+        "--jobs", default="auto", help="points run at once (auto: 2 for CPU grids, else 1)"
+    )
     rep.add_argument("parameters", nargs="*", help="notebook parameters, e.g. epochs=8")
     rep.set_defaults(func=_reproduce)
     args = parser.parse_args(argv)

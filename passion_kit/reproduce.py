@@ -16,6 +16,7 @@ Usage::
 
 from __future__ import annotations
 
+import ast
 import itertools
 import os
 import time
@@ -29,6 +30,7 @@ from passion_kit.io import atomic_write_text, markdown_table
 __all__ = [
     "Grid",
     "GRIDS",
+    "auto_jobs",
     "NOTEBOOK",
     "execute_notebook",
     "format_effect",
@@ -38,6 +40,7 @@ __all__ = [
     "paired_effect",
     "plot_effect",
     "reproduce",
+    "run_overview",
 ]
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "05_train_and_evaluate.ipynb"
@@ -157,18 +160,28 @@ def reproduce(
     notebook: str | os.PathLike = NOTEBOOK,
     kernel_name: str = "python3",
     progress: bool = True,
+    jobs: int = 1,
     log=print,
 ) -> dict[str, Path]:
     """Execute the grid (skipping finished points) and gather its results.
 
+    Args:
+        jobs: points executed at once, each in its own kernel with ``cpu_count // jobs``
+            torch threads (on a 2-core CPU, two single-threaded runs side by side finish
+            sooner than one after the other with two threads each: small 3-D convolutions
+            use a second thread poorly).
+
     Returns:
         Paths of the executed notebooks folder, the runs folder, ``summary.csv``,
-        ``summary.md`` and the summary figure.
+        ``summary.md``, the summary figure and, where baseline and PASSION share seeds,
+        the paired effect (``effect.csv``, ``effect.md``, ``effect.png``).
     """
     if isinstance(grid, str):
         if grid not in GRIDS:
             raise ValueError(f"unknown grid {grid!r}; expected one of {sorted(GRIDS)}")
         grid = GRIDS[grid]
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     notebook = Path(notebook)
     if not notebook.is_file():
         raise FileNotFoundError(
@@ -178,24 +191,90 @@ def reproduce(
     out = Path(out)
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     points = grid_points(grid)
+    todo = []
     for i, params in enumerate(points, 1):
+        if _summary(out, params["name"]).exists():
+            log(f"[{i}/{len(points)}] {params['name']}: done already, skipped")
+        else:
+            todo.append((i, params))
+    jobs = min(jobs, max(1, len(todo)))
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    if jobs > 1:
+        _prepare_data(todo, notebook)  # once, before kernels that would race to write it
+
+    def run(item: tuple[int, dict]) -> None:
+        i, params = item
         name = params["name"]
         executed = out / "notebooks" / f"{name}.ipynb"
-        if _summary(out, name).exists():
-            log(f"[{i}/{len(points)}] {name}: done already, skipped")
-            continue
         log(f"[{i}/{len(points)}] {name}: running {notebook.name}")
         started = time.perf_counter()
+        parameters = {**params, "run_dir": str((out / "runs").resolve())}
+        if threads:
+            parameters["threads"] = threads
         execute_notebook(
             notebook,
             executed,
-            {**params, "run_dir": str((out / "runs").resolve())},
+            parameters,
             kernel_name=kernel_name,
-            progress_bar=progress,
+            progress_bar=progress and jobs == 1,
             cwd=str(notebook.parent),
         )
         log(f"[{i}/{len(points)}] {name}: finished in {time.perf_counter() - started:.0f} s")
+
+    if jobs == 1:
+        for item in todo:
+            run(item)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        log(f"{len(todo)} points, {jobs} at a time with {threads} torch thread(s) each")
+        with ThreadPoolExecutor(jobs) as pool:
+            for future in [pool.submit(run, item) for item in todo]:
+                future.result()  # the first failure stops the grid with its error
     return gather(out, points)
+
+
+def auto_jobs(grid: Grid) -> int:
+    """Points to run at once: 2 for a CPU grid (the ``cpu`` preset, no GPU) on a machine
+    with at least 2 cores, else 1 (one GPU is best used by one run at a time)."""
+    import torch
+
+    cpu = grid.parameters.get("preset") == "cpu" and grid.parameters.get("device", "auto") in (
+        "auto",
+        "cpu",
+    )
+    if not cpu or (torch.cuda.is_available() and grid.parameters.get("device") != "cpu"):
+        return 1
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def _prepare_data(todo: list[tuple[int, dict]], notebook: Path) -> None:
+    """Generate the built-in phantom of every pending point, as its notebook would."""
+    import inspect
+
+    import papermill as pm
+
+    from passion_kit.config import notebook_config
+    from passion_kit.train import _ensure_data
+
+    accepted = set(inspect.signature(notebook_config).parameters)
+    defaults = {
+        name: ast.literal_eval(info["default"])
+        for name, info in pm.inspect_notebook(str(notebook)).items()
+        if name in accepted
+    }
+    done = set()
+    for _, params in todo:
+        kwargs = defaults | {k: v for k, v in params.items() if k in accepted}
+        if kwargs.get("dataset") != "phantom":
+            continue
+        if kwargs.get("data_root"):  # relative to the notebook's folder, its working directory
+            kwargs["data_root"] = str((notebook.parent / kwargs["data_root"]).resolve())
+        cfg = notebook_config(**kwargs)
+        root = cfg.dataset_root()
+        if root not in done:
+            _ensure_data(cfg, root)
+            done.add(root)
 
 
 def gather(out: str | os.PathLike, points: list[dict]) -> dict[str, Path]:
@@ -281,6 +360,36 @@ def gather(out: str | os.PathLike, points: list[dict]) -> dict[str, Path]:
         atomic_write_text(paths["effect_markdown"], format_effect(effect, markdown=True))
         _close(plot_effect(effect, path=paths["effect_figure"]))
     return paths
+
+
+def run_overview(out: str | os.PathLike, points: list[dict]) -> pd.DataFrame:
+    """One row per evaluated point: Dice with every modality present and the mean over the
+    combinations per region, and at the last epoch the largest and smallest beta (or
+    balancing coefficient) with their modalities."""
+    out = Path(out)
+    rows = []
+    for p in points:
+        path = _summary(out, p["name"])
+        if not path.exists():
+            continue
+        summary = pd.read_csv(path)
+        regions = [c.removeprefix("dice_") for c in summary.columns if c.startswith("dice_")]
+        regions = [r for r in regions if not r.endswith("Pro")]
+        full = summary[summary["combination"] != "mean"].iloc[-1]  # every modality present
+        mean = summary[summary["combination"] == "mean"].iloc[0]
+        row = {"objective": p["objective"], "seed": p["seed"]}
+        row |= {f"all {r}": float(full[f"dice_{r}"]) for r in regions}
+        row |= {f"mean {r}": float(mean[f"dice_{r}"]) for r in regions}
+        history = path.parents[2] / "history_modality.csv"
+        if history.exists():
+            h = pd.read_csv(history)
+            column = next((c for c in ("beta", "coefficient") if c in h.columns), None)
+            if column is not None and p["objective"] != "baseline":
+                last = h[h["epoch"] == h["epoch"].max()].set_index("modality")[column]
+                row["beta max"] = f"{last.max():.2f} ({last.idxmax()})"
+                row["beta min"] = f"{last.min():.2f} ({last.idxmin()})"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _t975(dof: int) -> float:

@@ -196,21 +196,42 @@ def _batches(loader: DataLoader, sampler, epoch: int, count: int) -> Iterator[di
 
 def _amp_dtype(cfg: ExperimentConfig, device: torch.device) -> torch.dtype | None:
     amp = cfg.train.amp
-    if amp not in ("auto", "off", "bf16", "fp16"):
-        raise ValueError(f"train.amp must be auto, off, bf16 or fp16, got {amp!r}")
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+    if amp not in ("auto", "fast", "off", "bf16", "fp16"):
+        raise ValueError(f"train.amp must be auto, fast, off, bf16 or fp16, got {amp!r}")
+    if amp == "fast" and device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    if amp == "off" or (amp in ("auto", "fast") and device.type != "cuda"):
         return None
-    if amp == "auto":
+    if amp in ("auto", "fast"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("train.amp='fp16' needs a CUDA device; use 'bf16' on CPU")
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (x86 AVX-512 BF16 or AMX, Arm BF16).
+
+    Elsewhere bf16 autocast is emulated and can be slower than fp32, so ``train.amp="fast"``
+    stays in fp32 there. Reads ``/proc/cpuinfo`` (Linux); False where it cannot tell.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def _ensure_data(cfg: ExperimentConfig, root: Path) -> None:
     prepared = (root / "dataset.json").exists()
     if cfg.data.dataset == "phantom" and cfg.data.phantom_cases > 0:
         from passion_kit.data import load_description, make_phantom
+
+        from passion_kit.data.phantom import DESIGN
 
         want = {"num_cases": cfg.data.phantom_cases, "size": cfg.data.phantom_size}
         if not prepared:
@@ -224,6 +245,12 @@ def _ensure_data(cfg: ExperimentConfig, root: Path) -> None:
                     f"{have['size']}^3, but the config asks for {want['num_cases']} cases of "
                     f"{want['size']}^3 (data.phantom_cases, data.phantom_size): set data.root "
                     f"to another folder, or delete {root} to generate it again"
+                )
+            if extra.get("design", 1) != DESIGN:
+                raise ValueError(
+                    f"{root} holds a phantom of design {extra.get('design', 1)}, made by an "
+                    f"earlier version of the kit; this version generates design {DESIGN}: "
+                    f"delete {root} to generate it again, or set data.root to another folder"
                 )
     if not (root / "dataset.json").exists():
         raise FileNotFoundError(

@@ -145,8 +145,56 @@ def test_bad_inputs_fail_early_with_clear_messages(phantom_root, tmp_path):
         fit(tiny_config(phantom_root, tmp_path, "data.phantom_cases=24", "data.phantom_size=48"))
 
 
+def test_a_phantom_of_an_earlier_design_is_refused(tmp_path):
+    from passion_kit.data.phantom import DESIGN, make_phantom
+
+    root = tmp_path / "phantom"
+    make_phantom(root, num_cases=3, size=16, progress=False)
+    description = json.loads((root / "dataset.json").read_text())
+    assert description["extra"]["design"] == DESIGN
+    del description["extra"]["design"]  # as the kit's first design wrote it
+    (root / "dataset.json").write_text(json.dumps(description))
+    cfg = tiny_config(root, tmp_path, "data.phantom_cases=3", "data.phantom_size=16")
+    with pytest.raises(ValueError, match=rf"design 1, .*generates design {DESIGN}: delete"):
+        fit(cfg)
+    assert not (tmp_path / cfg.run_name()).exists()
+
+
 def test_poly_schedule_matches_the_official_values():
     assert poly_lr(2e-4, 0, 300) == 2e-4
     assert poly_lr(2e-4, 100, 300) == pytest.approx(1.3885e-4, abs=1e-9)
     assert poly_lr(2e-4, 200, 300) == pytest.approx(7.441e-5, abs=1e-9)
     assert poly_lr(2e-4, 299, 300) == pytest.approx(1.18e-6, abs=1e-8)
+
+
+def test_amp_fast_uses_bf16_only_on_a_cpu_with_bf16_units(monkeypatch):
+    import passion_kit.train as train
+    from passion_kit.config import ExperimentConfig
+
+    cfg = ExperimentConfig.preset("cpu")
+    assert cfg.train.amp == "fast"
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert train._amp_dtype(cfg, cpu) == torch.bfloat16
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    assert train._amp_dtype(cfg, cpu) is None  # emulated bf16 can be slower than fp32
+    assert train._amp_dtype(cfg.override(["train.amp=auto"]), cpu) is None
+    with pytest.raises(ValueError, match="train.amp must be auto, fast, off"):
+        train._amp_dtype(cfg.override(["train.amp=fp8"]), cpu)
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path):
+    import passion_kit.train as train
+
+    real_read = train.Path.read_text
+    for flags, expected in [("fpu avx512f avx512_bf16", True), ("fpu avx2", False)]:
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor : 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(
+            train.Path,
+            "read_text",
+            lambda self, *a, info=info, **k: real_read(
+                info if str(self) == "/proc/cpuinfo" else self
+            ),
+        )
+        assert train.cpu_has_native_bf16() is expected

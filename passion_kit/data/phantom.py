@@ -53,6 +53,7 @@ from passion_kit.data.splits import (
 
 __all__ = [
     "PHANTOM_RATE_SPLITS",
+    "DESIGN",
     "TISSUES",
     "TISSUE_INTENSITY",
     "PhantomSource",
@@ -87,7 +88,12 @@ CONTRAST_JITTER = 0.06  # std of the per-case multiplicative jitter of each tiss
 # core's radius as a fraction of it.
 TUMOUR_RADIUS = (0.3, 0.45)
 CORE_FRACTION = (0.5, 0.68)
-RIM_MIN_VOXELS = 0.0
+# The enhancing rim is at least this many voxels thick (design 2): in a 32^3 case a rim
+# of 6-9 % of the half-width would be one voxel, which partial volume blurs away.
+RIM_MIN_VOXELS = 2.0
+# The generator's design: a phantom written by another design is refused, never mixed.
+# 1: the first design; 2: the rim at least RIM_MIN_VOXELS thick.
+DESIGN = 2
 # The official BraTS2020 rate settings; the phantom gets each of them for its train list.
 PHANTOM_RATE_SPLITS = (
     "mr1379", "mr2258", "mr2285", "mr2468", "mr5528", "mr5582", "mr8825", "mr8852",
@@ -263,7 +269,7 @@ def make_phantom(
     if num_cases < 3:
         raise ValueError(f"num_cases must be >= 3 (train, val and test), got {num_cases}")
     root = Path(root)
-    recipe = {"size": int(size), "seed": int(seed)}
+    recipe = {"size": int(size), "seed": int(seed), "design": DESIGN}
     if (root / "dataset.json").is_file():
         old = load_description(root)
         old_recipe = {k: old.extra.get(k) for k in recipe}

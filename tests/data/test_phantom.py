@@ -70,7 +70,8 @@ def test_design_check_can_fail(design_table):
 
 def test_make_phantom_writes_the_prepared_format(phantom_root):
     desc = load_description(phantom_root)
-    assert desc.name == "phantom" and desc.extra == {"size": 32, "seed": 3, "num_cases": 10}
+    assert desc.name == "phantom"
+    assert desc.extra == {"size": 32, "seed": 3, "design": phantom.DESIGN, "num_cases": 10}
     assert desc.regions == PHANTOM.regions
     ids = list_cases(phantom_root)
     assert ids == [phantom.phantom_case_id(i) for i in range(10)]
