@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import platform
 import random
 import time
@@ -476,9 +477,17 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a checkpoint written by :func:`fit`, with a clear error for anything else."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: tensors, numbers, strings, lists and dicts only, so that loading a
+        # downloaded or shared checkpoint can never run code stored in it (pickle).
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
+        raise ValueError(
+            f"{path} holds more than tensors, numbers, strings, lists and dicts, so it is "
+            f"not loaded (a checkpoint could run code when loaded): {first}"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise ValueError(f"{path} is not a readable passion-kit checkpoint ({exc})") from None
     if not isinstance(state, dict) or "model" not in state or "backbone" not in state:

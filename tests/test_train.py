@@ -198,3 +198,26 @@ def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path):
             ),
         )
         assert train.cpu_has_native_bf16() is expected
+
+
+class _Payload:
+    """Pickles as a call to ``Path.touch(marker)``: loading it would create the file."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "code_ran"
+    bad = tmp_path / "checkpoint_last.pt"
+    torch.save({"model": {}, "backbone": "rfnet", "extra": _Payload(marker)}, bad)
+    with pytest.raises(ValueError, match="more than tensors, numbers, strings"):
+        load_checkpoint(bad)
+    assert not marker.exists()
+    torch.load(bad, weights_only=False)  # the payload is real: an unsafe load runs it
+    assert marker.exists()
