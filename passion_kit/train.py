@@ -231,7 +231,6 @@ def _ensure_data(cfg: ExperimentConfig, root: Path) -> None:
     prepared = (root / "dataset.json").exists()
     if cfg.data.dataset == "phantom" and cfg.data.phantom_cases > 0:
         from passion_kit.data import load_description, make_phantom
-
         from passion_kit.data.phantom import DESIGN
 
         want = {"num_cases": cfg.data.phantom_cases, "size": cfg.data.phantom_size}
