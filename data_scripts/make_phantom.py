@@ -2,7 +2,7 @@
 
 Usage::
 
-    python data_scripts/make_phantom.py --out data/phantom --cases 100 --workers 2 --report
+    python data_scripts/make_phantom.py --out data/phantom --cases 40 --size 32 --report
 
 ``--report`` prints the generation speed and the per-modality informativeness table
 (mean over cases of the Dice of the best single global threshold per modality and
@@ -29,8 +29,12 @@ from passion_kit.data.prepared import read_case
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", default=None, help="dataset folder (default: <data root>/phantom)")
-    ap.add_argument("--cases", type=int, default=100, help="number of cases (default 100)")
-    ap.add_argument("--size", type=int, default=64, help="volume edge in voxels (default 64)")
+    ap.add_argument(
+        "--cases", type=int, default=40, help="number of cases (default 40, the cpu preset's)"
+    )
+    ap.add_argument(
+        "--size", type=int, default=32, help="volume edge in voxels (default 32, the cpu preset's)"
+    )
     ap.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     ap.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     ap.add_argument("--report", action="store_true", help="print speed and informativeness")

@@ -5,6 +5,8 @@ Commands:
     train       train a run (``--preset cpu``, ``--config FILE``, then ``section.key=value``).
     evaluate    evaluate a run over every modality combination of its dataset.
     reproduce   run the training/evaluation notebook over a grid with papermill.
+    explorer-checkpoint
+                train the explorer's run and pack it as the package's shipped files.
     quickstart  a few PASSION training steps on CPU with RFNet on a built-in toy volume,
                 printing each modality's distance to the teacher, gate and beta.
 """
@@ -125,8 +127,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explorer_checkpoint(args: argparse.Namespace) -> int:
+    from passion_kit.train import fit
+    from passion_kit.widgets import SHIPPED_EXPLORER, explorer_config, pack_explorer_checkpoint
+
+    data_root = args.data_root or os.environ.get("PASSION_KIT_DATA", "data")
+    cfg = explorer_config(data_root, args.run_dir, device=args.device)
+    cfg.train.progress = True
+    run = fit(cfg)
+    out = pack_explorer_checkpoint(run, args.out or SHIPPED_EXPLORER)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 2**20
+    print(f"run directory: {run}\nexplorer checkpoint: {out} ({size:.1f} MB)")
+    return 0
+
+
 # The grids of passion_kit.reproduce.GRIDS (listed here to keep the CLI's start light).
-GRID_NAMES = ["default", "balancing", "paper"]
+GRID_NAMES = ["default", "balancing", "imbalance", "paper"]
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -170,9 +186,10 @@ def _reproduce(args: argparse.Namespace) -> int:
     print("\nEvery run (test split): Dice with all modalities, mean Dice over the combinations,")
     print("and the last epoch's largest and smallest beta (PASSION) or coefficient:\n")
     print(overview.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    if "effect" in paths:
-        print()
-        print(format_effect(pd.read_csv(paths["effect"])))
+    for stem in ("gap", "effect"):  # IDT minus PDT, PASSION minus baseline
+        if stem in paths:
+            print()
+            print(format_effect(pd.read_csv(paths[stem])))
     print(f"finished in {time.perf_counter() - started:.0f} s")
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -214,6 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--hd95", choices=["official", "brats"], help="empty-set convention")
     evaluate.add_argument("--max-cases", type=int, help="evaluate only the first N cases")
     evaluate.set_defaults(func=_evaluate)
+    ship = sub.add_parser(
+        "explorer-checkpoint", help="train the explorer's run and pack it as the shipped files"
+    )
+    ship.add_argument("--data-root", help="default: $PASSION_KIT_DATA, else ./data")
+    ship.add_argument("--run-dir", default="runs")
+    ship.add_argument("--device", default="auto")
+    ship.add_argument("--out", help="default: the package's resources/explorer folder")
+    ship.set_defaults(func=_explorer_checkpoint)
     rep = sub.add_parser("reproduce", help="run the notebooks over a grid (papermill)")
     rep.add_argument("--grid", default="default", choices=GRID_NAMES)
     rep.add_argument("--backbones", help="comma-separated, e.g. rfnet,mmformer")

@@ -39,6 +39,7 @@ __all__ = [
     "kernel_manager_class",
     "paired_effect",
     "plot_effect",
+    "point_name",
     "reproduce",
     "run_overview",
 ]
@@ -55,6 +56,8 @@ class Grid:
     missing_rates: list[str] = field(default_factory=lambda: ["mr2468"])
     seeds: list[int] = field(default_factory=lambda: [0])
     parameters: dict = field(default_factory=dict)  # shared notebook parameters
+    # training settings (idt, pdt, idt_drop) as a dimension; None: the parameters' (or idt)
+    settings: list[str] | None = None
 
 
 GRIDS: dict[str, Grid] = {
@@ -67,6 +70,14 @@ GRIDS: dict[str, Grid] = {
         objectives=["baseline", "passion", "ogm_ge", "pmr", "redcore"],
         seeds=[0, 1, 2],
         parameters={"preset": "cpu", "dataset": "phantom", "epochs": 8},
+    ),
+    # does imbalance matter? the baseline under mr2468 IDT against the baseline trained
+    # with every modality (PDT), three seeds; the IDT runs are the main job's
+    "imbalance": Grid(
+        objectives=["baseline"],
+        settings=["idt", "pdt"],
+        seeds=[0, 1, 2],
+        parameters={"preset": "cpu", "dataset": "phantom"},
     ),
     # the paper: three backbones, eight BraTS2020 splits, 300 epochs at 80^3 (GPU, days)
     "paper": Grid(
@@ -87,8 +98,8 @@ _UNNAMED = {"preset", "dataset", "data_root", "smoke", "device", "run_dir"}
 def grid_points(grid: Grid) -> list[dict]:
     """One parameter dict per point, with a unique ``name``."""
     points = []
-    for backbone, objective, rates, seed in itertools.product(
-        grid.backbones, grid.objectives, grid.missing_rates, grid.seeds
+    for backbone, objective, rates, seed, setting in itertools.product(
+        grid.backbones, grid.objectives, grid.missing_rates, grid.seeds, grid.settings or [None]
     ):
         params = dict(grid.parameters)
         params.update(backbone=backbone, objective=objective, missing_rates=rates, seed=seed)
@@ -100,9 +111,33 @@ def grid_points(grid: Grid) -> list[dict]:
             for key, value in sorted(grid.parameters.items())
             if key not in _UNNAMED
         )
+        if setting is not None:  # idt keeps the plain name: the main job's runs are reused
+            params["setting"] = setting
+            extra += "" if setting == "idt" else f"_{setting}"
         params["name"] = f"{dataset}_{backbone}_{objective}_{rates}_s{seed}{extra}"
         points.append(params)
     return points
+
+
+def point_name(
+    objective: str,
+    *,
+    backbone: str = "rfnet",
+    missing_rates: str = "mr2468",
+    seed: int = 0,
+    **parameters,
+) -> str:
+    """The run name a grid gives a point, e.g. the main job's PASSION run of seed 0:
+    ``point_name("passion", preset="cpu", dataset="phantom")``. ``parameters`` are the
+    grid's shared notebook parameters (those that change the result name the run)."""
+    grid = Grid(
+        backbones=[backbone],
+        objectives=[objective],
+        missing_rates=[missing_rates],
+        seeds=[seed],
+        parameters=parameters,
+    )
+    return grid_points(grid)[0]["name"]
 
 
 def kernel_manager_class():
@@ -352,14 +387,19 @@ def gather(out: str | os.PathLike, points: list[dict]) -> dict[str, Path]:
     fig.savefig(paths["figure"], dpi=120)
     plt.close(fig)
     paths.update(_comparison_figures(out, points))
-    effect = paired_effect(out, points)
-    if not effect.empty:
-        paths["effect"] = out / "effect.csv"
-        paths["effect_markdown"] = out / "effect.md"
-        paths["effect_figure"] = out / "effect.png"
-        atomic_write_text(paths["effect"], effect.to_csv(index=False))
-        atomic_write_text(paths["effect_markdown"], format_effect(effect, markdown=True))
-        _close(plot_effect(effect, path=paths["effect_figure"]))
+    comparisons = {
+        "effect": paired_effect(out, points),  # PASSION minus baseline
+        "gap": paired_effect(out, points, treatment="idt", control="pdt", by="setting"),
+    }
+    for stem, effect in comparisons.items():
+        if effect.empty:
+            continue
+        paths[stem] = out / f"{stem}.csv"
+        paths[f"{stem}_markdown"] = out / f"{stem}.md"
+        paths[f"{stem}_figure"] = out / f"{stem}.png"
+        atomic_write_text(paths[stem], effect.to_csv(index=False))
+        atomic_write_text(paths[f"{stem}_markdown"], format_effect(effect, markdown=True))
+        _close(plot_effect(effect, path=paths[f"{stem}_figure"]))
     return paths
 
 
@@ -406,41 +446,53 @@ def paired_effect(
     *,
     treatment: str = "passion",
     control: str = "baseline",
+    by: str = "objective",
 ) -> pd.DataFrame:
     """Treatment minus control per combination and region, paired by seed.
 
-    For every (backbone, missing rates) with both objectives evaluated for the same
-    seeds: per seed, the difference of the two runs' Dice (mean over test cases) for each
-    combination and region; then the mean over seeds and its 95 % confidence interval
+    ``by`` names what differs between the two: ``"objective"`` (PASSION against the
+    baseline) or ``"setting"`` (e.g. ``treatment="idt", control="pdt"``: what the
+    imbalanced missing rates cost). For every (backbone, missing rates, and the other of
+    objective and setting) with both evaluated for the same seeds: per seed, the
+    difference of the two runs' Dice (mean over test cases) for each combination and
+    region; then the mean over seeds and its 95 % confidence interval
     ``mean ± t(0.975, n-1) sd / sqrt(n)`` (no interval with one seed). The last row of
-    each setting is the mean over combinations. ``verdict`` per region: ``better`` when
+    each group is the mean over combinations. ``verdict`` per region: ``better`` when
     the interval lies above 0, ``worse`` below 0, else ``unclear``.
 
     Returns:
-        One row per (backbone, missing_rates, combination) with ``<region> mean``,
-        ``<region> low``, ``<region> high`` and ``<region> verdict``, plus ``seeds``;
-        empty when no pair is evaluated.
+        One row per (backbone, missing_rates, the other key, combination) with
+        ``<region> mean``, ``<region> low``, ``<region> high`` and ``<region> verdict``,
+        plus ``seeds``, ``treatment`` and ``control``; empty when no pair is evaluated.
     """
     import numpy as np
+
+    if by not in ("objective", "setting"):
+        raise ValueError(f"by must be 'objective' or 'setting', got {by!r}")
+    other = "setting" if by == "objective" else "objective"
+
+    def value(p: dict, key: str) -> str:
+        return p.get(key, "idt") if key == "setting" else p[key]  # idt: the notebook's
 
     out = Path(out)
     runs: dict[tuple, dict[str, dict[int, pd.DataFrame]]] = {}
     for p in points:
-        if p["objective"] not in (treatment, control) or not _summary(out, p["name"]).exists():
+        if value(p, by) not in (treatment, control) or not _summary(out, p["name"]).exists():
             continue
         table = pd.read_csv(_summary(out, p["name"])).set_index("combination")
-        key = (p["backbone"], p["missing_rates"])
-        runs.setdefault(key, {}).setdefault(p["objective"], {})[p["seed"]] = table
+        key = (p["backbone"], p["missing_rates"], value(p, other))
+        runs.setdefault(key, {}).setdefault(value(p, by), {})[p["seed"]] = table
     rows = []
-    for (backbone, rates), by_objective in runs.items():
+    for (backbone, rates, kept), by_objective in runs.items():
         seeds = sorted(set(by_objective.get(treatment, {})) & set(by_objective.get(control, {})))
         if not seeds:
             continue
         first = by_objective[treatment][seeds[0]]
         regions = [c.removeprefix("dice_") for c in first.columns if c.startswith("dice_")]
         for combination in first.index:
-            row = {"backbone": backbone, "missing_rates": rates, "combination": combination}
-            row["seeds"] = len(seeds)
+            row = {"backbone": backbone, "missing_rates": rates, other: kept}
+            row |= {"combination": combination, "seeds": len(seeds)}
+            row |= {"treatment": treatment, "control": control}
             for region in regions:
                 diff = np.array(
                     [
@@ -471,12 +523,16 @@ def format_effect(effect: pd.DataFrame, *, markdown: bool = False) -> str:
     """The paired effect as a table (text for a terminal, or Markdown), with a verdict line
     per region: which combinations the treatment improves and which it makes worse."""
     regions = [c.removesuffix(" mean") for c in effect.columns if c.endswith(" mean")]
+    other = "setting" if "setting" in effect.columns else "objective"
     blocks = []
-    for (backbone, rates), part in effect.groupby(["backbone", "missing_rates"], sort=False):
+    for (backbone, rates, kept), part in effect.groupby(
+        ["backbone", "missing_rates", other], sort=False
+    ):
         n = int(part["seeds"].iloc[0])
         title = (
-            f"PASSION minus baseline, Dice per combination ({backbone}, {rates}, "
-            f"{n} seed{'s' if n > 1 else ''} paired; mean [95 % interval])"
+            f"{_label(part['treatment'].iloc[0])} minus {_label(part['control'].iloc[0])}, "
+            f"Dice per combination ({backbone}, {rates}, {kept}, {n} seed"
+            f"{'s' if n > 1 else ''} paired; mean [95 % interval])"
         )
 
         def cell(row, region):
@@ -522,6 +578,12 @@ def format_effect(effect: pd.DataFrame, *, markdown: bool = False) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+def _label(name: str) -> str:
+    return {"passion": "PASSION", "idt": "IDT", "pdt": "PDT", "idt_drop": "IDT-drop"}.get(
+        name, name
+    )
+
+
 def plot_effect(effect: pd.DataFrame, *, path: str | os.PathLike | None = None):
     """Bars of the paired mean difference per combination and region, with 95 % intervals."""
     import matplotlib
@@ -531,9 +593,10 @@ def plot_effect(effect: pd.DataFrame, *, path: str | os.PathLike | None = None):
     import numpy as np
 
     regions = [c.removesuffix(" mean") for c in effect.columns if c.endswith(" mean")]
-    groups = list(effect.groupby(["backbone", "missing_rates"], sort=False))
+    other = "setting" if "setting" in effect.columns else "objective"
+    groups = list(effect.groupby(["backbone", "missing_rates", other], sort=False))
     fig, axes = plt.subplots(len(groups), 1, figsize=(10, 3.4 * len(groups)), squeeze=False)
-    for ax, ((backbone, rates), part) in zip(axes[:, 0], groups, strict=True):
+    for ax, ((backbone, rates, kept), part) in zip(axes[:, 0], groups, strict=True):
         x = np.arange(len(part))
         width = 0.8 / len(regions)
         for j, region in enumerate(regions):
@@ -546,8 +609,8 @@ def plot_effect(effect: pd.DataFrame, *, path: str | os.PathLike | None = None):
         ax.set_ylabel("Dice difference")
         n = int(part["seeds"].iloc[0])
         ax.set_title(
-            f"PASSION minus baseline, {backbone}, {rates}: mean over {n} paired seed(s), "
-            f"95 % interval",
+            f"{_label(part['treatment'].iloc[0])} minus {_label(part['control'].iloc[0])}, "
+            f"{backbone}, {rates}, {kept}: mean over {n} paired seed(s), 95 % interval",
             fontsize=10,
         )
         ax.legend(ncols=len(regions), fontsize=8)

@@ -47,7 +47,13 @@ from passion_kit.objectives import build_objective
 __all__ = ["fit", "select_device", "build_model", "build_objective_from", "poly_lr", "RunFiles"]
 
 # Config keys that may differ between a run and its resumption.
-RESUMABLE_CHANGES = {"train.progress", "train.device", "data.num_workers", "data.root"}
+RESUMABLE_CHANGES = {
+    "train.progress",
+    "train.device",
+    "train.run_dir",  # where the run folder lies (moved, or named relatively)
+    "data.num_workers",
+    "data.root",
+}
 
 
 def select_device(name: str = "auto") -> torch.device:

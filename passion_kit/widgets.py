@@ -7,24 +7,23 @@ Dice of that subset (next to the Dice with every modality). Each case is encoded
 (:class:`CachedCase` keeps the encoder features of every sliding window); a toggle only
 runs the fusion decoder, and a subset seen before is answered from memory.
 
-The explorer can open any run directory. :func:`explorer_run` makes (or finds) a small
-checkpoint trained on the built-in phantom by the kit's own training command, the one
-:func:`explorer_command` prints (one line)::
+The explorer can open any run directory. Without one, it opens the small checkpoint that
+ships inside the package (:func:`shipped_explorer_run`, under 10 MB, fp16 weights): the
+``cpu`` preset's PASSION run of seed 0 on the built-in phantom, the run of the main job
+(``python -m passion_kit reproduce``) with that seed. This one-line command makes it
+again from scratch (:func:`explorer_command`)::
 
-    python -m passion_kit train --preset cpu data.root=data/phantom_explorer
-        data.phantom_cases=24 data.phantom_size=48 train.epochs=30 train.lr=0.002
-        train.name=explorer train.run_dir=runs
+    python -m passion_kit explorer-checkpoint --out passion_kit/resources/explorer
 
-(PASSION with RFNet, 450 steps of 32^3 patches: 10 minutes on an idle 2-core CPU, several
-times longer on a busy one. Averaged over the 7 test cases it reaches Dice WT 0.41, TC
-0.71, ET 0.71 with every modality, and ET 0.64 from T1c alone but 0.11 from FLAIR alone:
-a weak model, but one whose dependence on each modality shows. ``smoke=True`` trains 4
-steps, seconds, for tests.)
+which trains ``python -m passion_kit train --preset cpu train.seed=0 train.name=explorer``
+(:func:`explorer_config`) and packs the run's weights, config and history
+(:func:`pack_explorer_checkpoint`). ``smoke=True`` trains a 4-step checkpoint instead,
+seconds, for tests.
 
 Usage (JupyterLab)::
 
     from passion_kit.widgets import MissingModalityExplorer, explorer_run
-    explorer = MissingModalityExplorer(explorer_run(data_root="data"), device="cpu")
+    explorer = MissingModalityExplorer(explorer_run(data_root="data"), device="cpu")  # seconds
     explorer                                   # the widget
     explorer.set_modalities(["t1c", "t2"])     # the same as clicking
     explorer.dice, explorer.prediction, explorer.message
@@ -33,6 +32,7 @@ Usage (JupyterLab)::
 from __future__ import annotations
 
 import html
+import json
 import os
 import shlex
 import time
@@ -56,40 +56,44 @@ __all__ = [
     "AMP",
     "CachedCase",
     "MissingModalityExplorer",
+    "SHIPPED_EXPLORER",
     "explorer_command",
     "explorer_config",
     "explorer_overrides",
     "explorer_run",
+    "pack_explorer_checkpoint",
+    "shipped_explorer_run",
 ]
 
 _PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # the fixed axis of (H, W, D)
 AMP = {"off": None, "bf16": torch.bfloat16}
-EXPLORER_EPOCHS = 30  # of 15 steps (the 60 % of 24 cases that train) on 32^3 patches
+SHIPPED_EXPLORER = Path(__file__).resolve().parent / "resources" / "explorer"
+# The files of a packed explorer checkpoint (see pack_explorer_checkpoint).
+_PACKED = ("checkpoint.pt", "config.json", "history_epoch.csv", "history_modality.csv")
 
 
 def explorer_overrides(data_root: str | os.PathLike = "data", *, smoke: bool = False) -> list[str]:
     """The ``section.key=value`` overrides of the cpu preset that make the explorer's run.
 
-    The explorer keeps its own phantom (24 cases of 48^3, so a case is one 48^3 window and
-    a toggle is one decoder pass) and trains at 10x the paper's learning rate: on CPU the
-    run has minutes, not 300 epochs. ``smoke`` trains 4 iterations: a checkpoint that
-    predicts something, not a good one.
+    The full run is the cpu preset's PASSION run of seed 0 on the built-in phantom (the
+    main job's run of that seed). ``smoke`` trains 4 iterations on a tiny phantom of its
+    own: a checkpoint that predicts something, not a good one.
     """
     if smoke:
         return [
             f"data.root={Path(data_root) / 'phantom_explorer_smoke'}",
             "data.phantom_cases=8",
+            "data.phantom_size=48",
             "data.patch_size=16",
+            "eval.window=48",
             "train.epochs=1",
             "train.iterations_per_epoch=4",
             "train.name=explorer_smoke",
         ]
     return [
-        f"data.root={Path(data_root) / 'phantom_explorer'}",
-        "data.phantom_cases=24",
-        "data.phantom_size=48",
-        f"train.epochs={EXPLORER_EPOCHS}",
-        "train.lr=0.002",
+        f"data.root={Path(data_root) / 'phantom'}",
+        "objective.name=passion",
+        "train.seed=0",
         "train.name=explorer",
     ]
 
@@ -114,9 +118,87 @@ def explorer_command(
     *,
     smoke: bool = False,
 ) -> str:
-    """The shell command that trains the explorer's checkpoint (what :func:`explorer_run` does)."""
+    """The shell command that trains the explorer's run (what :func:`explorer_config` holds;
+    ``python -m passion_kit explorer-checkpoint`` trains this run and packs it)."""
     args = explorer_overrides(data_root, smoke=smoke) + [f"train.run_dir={run_dir}"]
     return shlex.join(["python", "-m", "passion_kit", "train", "--preset", "cpu", *args])
+
+
+# Config keys that say where a run lives, not what it is: free to differ from the shipped run.
+_PLACE_KEYS = {("data", "root"), ("train", "run_dir"), ("train", "device"), ("train", "progress")}
+
+
+def pack_explorer_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Pack a finished run into the explorer's shipped files under ``out``.
+
+    Writes ``checkpoint.pt`` (the weights in fp16 with the config, backbone and sizes:
+    tensors, numbers, strings, lists and dicts only, so it loads with
+    ``weights_only=True``), ``config.json`` and the two history tables. Where the run
+    lives (data root, run folder, device) is left out of the packed config.
+    """
+    from passion_kit.io import atomic_torch_save, atomic_write_text
+    from passion_kit.train import load_checkpoint
+
+    run_dir, out = Path(run_dir), Path(out)
+    state = load_checkpoint(run_dir / "checkpoint_last.pt")
+    if state["epoch"] != state["config"]["train"]["epochs"]:
+        raise ValueError(f"{run_dir} is not finished (epoch {state['epoch']})")
+    config = {
+        section: {k: v for k, v in values.items() if (section, k) not in _PLACE_KEYS}
+        for section, values in state["config"].items()
+    }
+    packed = {
+        "format": 1,
+        "epoch": state["epoch"],
+        "config": config,
+        "backbone": state["backbone"],
+        "num_modalities": state["num_modalities"],
+        "num_classes": state["num_classes"],
+        "model": {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(packed, out / "checkpoint.pt")
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    for name in ("history_epoch.csv", "history_modality.csv"):
+        atomic_write_text(out / name, (run_dir / name).read_text())
+    return out
+
+
+def shipped_explorer_run(
+    data_root: str | os.PathLike = "data",
+    run_dir: str | os.PathLike = "runs",
+    *,
+    source: str | os.PathLike = SHIPPED_EXPLORER,
+) -> Path:
+    """The shipped checkpoint as a run directory ``<run_dir>/explorer_shipped``, in seconds.
+
+    Generates the phantom it was trained on under ``data_root`` where absent (about two
+    seconds), then writes the run folder (``checkpoint_last.pt`` in fp32, ``config.json``
+    with this machine's data root, the history tables) unless it is there already.
+    """
+    from passion_kit.io import atomic_torch_save, atomic_write_text
+    from passion_kit.train import _ensure_data, load_checkpoint
+
+    source = Path(source)
+    missing = [name for name in _PACKED if not (source / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{source}: the shipped explorer files {missing} are missing")
+    packed = load_checkpoint(source / "checkpoint.pt")
+    cfg = ExperimentConfig.from_dict(packed["config"], source=str(source / "checkpoint.pt"))
+    cfg.data.root = str(Path(data_root) / cfg.data.dataset)
+    cfg.train.run_dir = str(run_dir)
+    cfg.train.name = "explorer_shipped"
+    _ensure_data(cfg, cfg.dataset_root())
+    run = Path(run_dir) / cfg.train.name
+    last = run / "checkpoint_last.pt"
+    if not last.exists() or json.loads((run / "config.json").read_text()) != cfg.to_dict():
+        run.mkdir(parents=True, exist_ok=True)
+        for name in ("history_epoch.csv", "history_modality.csv"):
+            atomic_write_text(run / name, (source / name).read_text())
+        atomic_write_text(run / "config.json", cfg.to_json())
+        model = {k: v.float() if v.is_floating_point() else v for k, v in packed["model"].items()}
+        atomic_torch_save(packed | {"config": cfg.to_dict(), "model": model}, last)
+    return run
 
 
 def explorer_run(
@@ -125,16 +207,20 @@ def explorer_run(
     *,
     smoke: bool = False,
     device: str = "auto",
+    train: bool = False,
 ) -> Path:
-    """The explorer's run directory, trained on the phantom first where it is missing.
+    """The explorer's run directory.
 
-    Generates the phantom under ``data_root`` if absent, then trains (or resumes, or just
-    reloads a finished run) with :func:`explorer_config`; the result is the same as
-    running :func:`explorer_command`.
+    By default the shipped checkpoint (:func:`shipped_explorer_run`): nothing is trained.
+    ``train=True`` trains the explorer's run here with :func:`explorer_config` (or reloads
+    it when finished; the same as running :func:`explorer_command`); ``smoke=True``
+    trains the 4-step smoke run (tests).
     """
     from passion_kit.train import fit
 
-    return fit(explorer_config(data_root, run_dir, smoke=smoke, device=device))
+    if smoke or train:
+        return fit(explorer_config(data_root, run_dir, smoke=smoke, device=device))
+    return shipped_explorer_run(data_root, run_dir)
 
 
 class CachedCase:

@@ -129,3 +129,28 @@ def test_paired_effect_by_seed_with_a_t_interval(tmp_path):
     assert "t1" in paths["effect_markdown"].read_text()
     one_seed = [p for p in points if p["seed"] == 0]
     assert "one seed: no interval" in format_effect(paired_effect(tmp_path, one_seed))
+    assert text.startswith(
+        "PASSION minus baseline, Dice per combination (rfnet, mr2468, idt, 3 seeds"
+    )
+
+
+def test_the_imbalance_grid_pairs_idt_with_pdt_and_reuses_the_main_job_runs():
+    from passion_kit.reproduce import GRIDS
+
+    main = {p["name"] for p in grid_points(GRIDS["default"])}
+    imbalance = grid_points(GRIDS["imbalance"])
+    idt = [p for p in imbalance if p["setting"] == "idt"]
+    pdt = [p for p in imbalance if p["setting"] == "pdt"]
+    assert len(idt) == len(pdt) == 3
+    assert {p["name"] for p in idt} <= main  # the main job's baseline runs
+    assert all(p["name"].endswith("_pdt") for p in pdt)
+
+
+def test_point_name_is_the_grid_name_of_the_main_job_runs():
+    from passion_kit.reproduce import point_name
+
+    names = [p["name"] for p in grid_points(GRIDS["default"])]
+    shared = GRIDS["default"].parameters
+    assert point_name("passion", seed=0, **shared) in names
+    assert point_name("baseline", seed=2, **shared) in names
+    assert point_name("passion", **shared, epochs=40).endswith("_s0_epochs40")

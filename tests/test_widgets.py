@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from pathlib import Path
@@ -51,8 +52,49 @@ def test_the_documented_command_makes_the_same_run(tmp_path):
     assert from_command.to_dict() == ours.to_dict()
     assert ours.data.phantom_size == 48  # the notebooks' default case size
     assert explorer_config(tmp_path).train.name != ours.train.name  # never resumed into
-    documented = widgets.__doc__.split("prints (one line)::")[1].split("\n\n")[1]
-    assert documented.split() == shlex.split(explorer_command("data", "runs"))
+    documented = widgets.__doc__.split("from scratch (:func:`explorer_command`)::")[1]
+    assert documented.split("\n\n")[1].split() == shlex.split(
+        "python -m passion_kit explorer-checkpoint --out passion_kit/resources/explorer"
+    )
+    trains = documented.split("which trains ``")[1].split("``")[0]
+    full = shlex.split(explorer_command("data", "runs"))
+    assert set(shlex.split(trains)) <= set(full)
+    assert ExperimentConfig.preset("cpu").override(full[6:]).run_name() == "explorer"
+
+
+def test_the_shipped_checkpoint_is_the_documented_run_and_loads_safely():
+    from passion_kit.train import load_checkpoint
+    from passion_kit.widgets import _PLACE_KEYS, SHIPPED_EXPLORER
+
+    files = sorted(p.name for p in SHIPPED_EXPLORER.iterdir() if p.is_file())
+    assert set(widgets._PACKED) <= set(files)
+    assert sum((SHIPPED_EXPLORER / f).stat().st_size for f in files) <= 10 * 2**20
+    state = load_checkpoint(SHIPPED_EXPLORER / "checkpoint.pt")  # weights_only=True
+    assert all(v.dtype == torch.float16 for v in state["model"].values() if v.is_floating_point())
+    shipped = json.loads((SHIPPED_EXPLORER / "config.json").read_text())
+    assert shipped == state["config"]
+    expected = explorer_config("data", "runs").to_dict()  # the command's config today
+    for section, key in _PLACE_KEYS:
+        del expected[section][key]
+    assert shipped == expected, "the shipped checkpoint no longer matches its command"
+    assert state["epoch"] == expected["train"]["epochs"]
+    history = (SHIPPED_EXPLORER / "history_epoch.csv").read_text().splitlines()
+    assert len(history) == 1 + expected["train"]["epochs"]
+
+
+def test_the_shipped_checkpoint_opens_in_seconds_and_is_trained(tmp_path):
+    started = time.perf_counter()
+    run = explorer_run(tmp_path / "data", tmp_path / "runs", device="cpu")
+    explorer = MissingModalityExplorer(run, device="cpu")
+    opened = time.perf_counter() - started
+    assert run.name == "explorer_shipped" and not (tmp_path / "runs" / "explorer").exists()
+    assert min(explorer.dice.values()) >= 0.7, explorer.dice  # a trained model
+    again = time.perf_counter()
+    assert explorer_run(tmp_path / "data", tmp_path / "runs", device="cpu") == run
+    print(
+        f"\n[explorer] shipped checkpoint: opened in {opened:.1f} s (phantom generated), "
+        f"again in {time.perf_counter() - again:.1f} s; Dice all modalities {explorer.dice}"
+    )
 
 
 def test_a_toggle_changes_prediction_dice_and_what_is_shown(all_on):

@@ -103,3 +103,14 @@ def test_make_phantom_resumes_and_refuses_other_recipes(tmp_path):
         phantom.make_phantom(root, num_cases=4, size=16, seed=5, progress=False)
     with pytest.raises(ValueError, match="num_cases"):
         phantom.make_phantom(tmp_path / "x", num_cases=2)
+
+
+def test_the_cpu_preset_phantom_meets_the_design_targets_too():
+    """The cpu preset trains on 32^3 cases: the targets hold at that size too."""
+    from passion_kit.config import ExperimentConfig
+
+    size = ExperimentConfig.preset("cpu").data.phantom_size
+    cases = [phantom.generate_case(i, size=size, seed=0) for i in range(16)]
+    assert phantom.design_target_failures(phantom.informativeness(cases)) == []
+    for _, label in cases:  # every case has an enhancing rim of some size to learn
+        assert (label == 3).sum() >= 40
