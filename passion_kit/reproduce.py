@@ -489,6 +489,8 @@ def paired_effect(
             continue
         first = by_objective[treatment][seeds[0]]
         regions = [c.removeprefix("dice_") for c in first.columns if c.startswith("dice_")]
+        # ETPro is a post-processed ET (BraTS's 500-voxel rule): not a region of its own
+        regions = [r for r in regions if not r.endswith("Pro")]
         for combination in first.index:
             row = {"backbone": backbone, "missing_rates": rates, other: kept}
             row |= {"combination": combination, "seeds": len(seeds)}
