@@ -164,6 +164,14 @@ def kernel_manager_class():
         def _private_ipc_path(self) -> str:
             return str(Path(tempfile.mkdtemp(prefix="passion-kit-kernel-")) / "kernel")
 
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client interrupts the kernel before every shutdown; papermill shuts
+            # down an idle kernel, whose SIGINT handler then logs a spurious
+            # "ERROR | KeyboardInterrupt caught in kernel". A kernel that does not stop
+            # on the shutdown request is still killed after the usual wait.
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
         def cleanup_ipc_files(self) -> None:
             super().cleanup_ipc_files()  # the socket files, then their private folder
             folder = Path(self.ip).parent

@@ -34,6 +34,29 @@ def test_notebook_is_clean_and_structured(path):
     assert "assert" in code[-1].source, "the last cell checks what the notebook showed"
 
 
+def test_the_notebooks_default_to_the_main_jobs_phantom_and_runs():
+    """Notebook 01 writes the phantom the main job trains on, and notebooks 06-08 read the
+    main job's runs, so that a reader who ran the main job never waits twice."""
+    import papermill as pm
+
+    from passion_kit.config import ExperimentConfig
+
+    cpu = ExperimentConfig.preset("cpu").data
+
+    def defaults(stem: str) -> dict:
+        (path,) = [p for p in NOTEBOOKS if p.stem.startswith(stem)]
+        return {k: v["default"] for k, v in pm.inspect_notebook(str(path)).items()}
+
+    data = defaults("01")
+    assert (int(data["phantom_cases"]), int(data["phantom_size"])) == (
+        cpu.phantom_cases,
+        cpu.phantom_size,
+    )
+    for stem in ("06", "07"):
+        assert defaults(stem)["run_dir"] == '"../outputs/reproduce/runs"'
+    assert defaults("08")["main_job"] == '"../outputs/reproduce"'
+
+
 @pytest.fixture(scope="session")
 def notebook_dirs(tmp_path_factory):
     base = tmp_path_factory.mktemp("notebooks")
