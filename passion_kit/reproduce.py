@@ -426,7 +426,7 @@ def run_overview(out: str | os.PathLike, points: list[dict]) -> pd.DataFrame:
         regions = [r for r in regions if not r.endswith("Pro")]
         full = summary[summary["combination"] != "mean"].iloc[-1]  # every modality present
         mean = summary[summary["combination"] == "mean"].iloc[0]
-        row = {"objective": p["objective"], "seed": p["seed"]}
+        row = {"objective": p["objective"], "setting": p.get("setting", "idt"), "seed": p["seed"]}
         row |= {f"all {r}": float(full[f"dice_{r}"]) for r in regions}
         row |= {f"mean {r}": float(mean[f"dice_{r}"]) for r in regions}
         history = path.parents[2] / "history_modality.csv"

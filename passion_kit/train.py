@@ -488,10 +488,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} does not exist") from None
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
+        found = [line for line in str(exc).splitlines() if "Unsupported global" in line]
+        if not found:  # not a pickle of any kind: a truncated or foreign file
+            raise ValueError(f"{path} is not a readable passion-kit checkpoint") from None
         raise ValueError(
             f"{path} holds more than tensors, numbers, strings, lists and dicts, so it is "
-            f"not loaded (a checkpoint could run code when loaded): {first}"
+            f"not loaded (a checkpoint could run code when loaded): {found[0].strip()}"
         ) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise ValueError(f"{path} is not a readable passion-kit checkpoint ({exc})") from None

@@ -95,3 +95,25 @@ def test_notebook_runs_with_smoke_parameters(path, notebook_dirs):
         if o.get("output_type") == "error"
     ]
     assert errors == []
+
+
+@pytest.mark.slow
+def test_the_explorer_notebook_opens_the_shipped_checkpoint_without_training(tmp_path):
+    """With its default parameters and no main job, notebook 08 trains nothing: it unpacks
+    the checkpoint that ships in the package (and generates the phantom) and explores it."""
+    (path,) = [p for p in NOTEBOOKS if p.stem.startswith("08")]
+    runs = tmp_path / "runs"
+    parameters = {
+        "data_root": str(tmp_path / "data"),
+        "run_dir": str(runs),
+        "main_job": str(tmp_path / "no_main_job"),
+        "device": "cpu",
+    }
+    executed = tmp_path / path.name
+    execute_notebook(
+        path, executed, parameters, kernel_name="python3", progress_bar=False, cwd=str(path.parent)
+    )
+    assert sorted(p.name for p in runs.iterdir()) == ["explorer_shipped"]
+    assert not (runs / "explorer_shipped" / "checkpoint_epoch1.pt").exists()  # not trained
+    seconds = json.loads(executed.read_text())["metadata"]["papermill"]["duration"]
+    print(f"\n[notebook 08] default parameters, shipped checkpoint: executed in {seconds:.1f} s")
