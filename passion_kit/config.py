@@ -282,7 +282,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Chosen from benchmarks/learning_curve.py (docs/cpu_recipe.md): a phantom of 40 cases
     # of 32^3 (a case is one patch, the tumour is always in view), lr 2e-2 (100x the
-    # paper's; 2e-3 and 5e-3 were far from trained after 240 steps, 4e-2 worse), bf16
+    # paper's; 2e-3 and 5e-3 are far from trained after 336 steps, 1e-2-4e-2 a plateau), bf16
     # where the CPU has bf16 units, 14 epochs of 24 steps, and the paper's 300-epoch beta
     # schedule walked in those 14 epochs (objective.eta_epochs).
     "cpu": {
