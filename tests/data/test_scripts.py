@@ -79,8 +79,11 @@ def test_make_phantom_report(tmp_path, capsys):
     assert code == 0, text
     assert "speed: 4 cases of 64^3" in text and "design targets: all met" in text
     assert "modality" in text and "t1c" in text
-    assert load_script("make_phantom").main(["--out", str(out), "--cases", "4", "--quiet"]) == 0
+    again = ["--out", str(out), "--cases", "4", "--size", "64", "--quiet"]
+    assert load_script("make_phantom").main(again) == 0
     assert "0 new case(s), 4 already there" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not phantom {'size': 32"):  # the default size
+        load_script("make_phantom").main(["--out", str(out), "--cases", "4", "--quiet"])
 
 
 def test_prepare_brats_script(make_brats_official, tmp_path, capsys):
