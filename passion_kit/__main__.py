@@ -251,8 +251,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     rep.add_argument("parameters", nargs="*", help="notebook parameters, e.g. epochs=8")
     rep.set_defaults(func=_reproduce)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error"
+    )
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        # A user error (a bad file, key or value): its message names what is wrong, so
+        # one line says it; --debug shows where it was raised.
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+
+# Errors the kit raises for bad input (files, keys, values). Anything else is a bug and
+# keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, PermissionError)
 
 
 if __name__ == "__main__":

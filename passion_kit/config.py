@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -210,7 +211,12 @@ class ExperimentConfig:
         hint = typing.get_type_hints(type(target))[key]
         if key in _CUBES and isinstance(value, int) and not isinstance(value, bool):
             value = [value] * 3  # patch_size=48 means 48^3
-        setattr(target, key, _coerce(value, hint, f"{source}: {dotted}"))
+        value = _coerce(value, hint, f"{source}: {dotted}")
+        if dotted in _RANGES:
+            what, ok = _RANGES[dotted]
+            if not ok(value):
+                raise ValueError(f"{source}: {dotted} must be {what}, got {value!r}")
+        setattr(target, key, value)
 
     # --- derived values -----------------------------------------------------------------
     def dataset_root(self) -> Path:
@@ -221,7 +227,13 @@ class ExperimentConfig:
 
     def run_name(self) -> str:
         if self.train.name:
-            return self.train.name
+            name = self.train.name
+            if name in (".", "..") or "/" in name or "\\" in name:
+                raise ValueError(
+                    f"train.name must be a folder name, not a path, got {name!r} "
+                    f"(train.run_dir sets where runs go)"
+                )
+            return name
         d, m, o, t = self.data, self.model, self.objective, self.train
         return f"{d.dataset}_{m.backbone}_{o.name}_{d.setting}_s{t.seed}"
 
@@ -230,6 +242,42 @@ class ExperimentConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def _finite(low: float, *, strict: bool = False, high: float | None = None):
+    def ok(v: float) -> bool:
+        if not math.isfinite(v) or (v <= low if strict else v < low):
+            return False
+        return high is None or v < high
+
+    return ok
+
+
+# Values a key may take beyond its type (checked where the config is read).
+_RANGES: dict[str, tuple[str, Any]] = {
+    "train.lr": ("a finite number > 0", _finite(0.0, strict=True)),
+    "train.weight_decay": ("a finite number >= 0", _finite(0.0)),
+    "train.poly_power": ("a finite number >= 0", _finite(0.0)),
+    "train.epochs": ("an integer >= 1", lambda v: v >= 1),
+    "train.batch_size": ("an integer >= 1", lambda v: v >= 1),
+    "train.iterations_per_epoch": ("an integer >= 0", lambda v: v >= 0),
+    "objective.temperature": ("a finite number > 0", _finite(0.0, strict=True)),
+    "objective.weight_sep": ("a finite number >= 0", _finite(0.0)),
+    "objective.weight_pixel": ("a finite number >= 0", _finite(0.0)),
+    "objective.weight_proto": ("a finite number >= 0", _finite(0.0)),
+    "objective.eta": ("a finite number >= 0", _finite(0.0)),
+    "objective.eta_factor": ("a finite number > 0", _finite(0.0, strict=True)),
+    "objective.eta_every": ("an integer >= 1", lambda v: v >= 1),
+    "objective.eta_epochs": ("an integer >= 0", lambda v: v >= 0),
+    "objective.warmup_epochs": ("an integer >= 0", lambda v: v >= 0),
+    "eval.overlap": ("a number in [0, 1)", _finite(0.0, high=1.0)),
+    "eval.sw_batch_size": ("an integer >= 1", lambda v: v >= 1),
+    "eval.mask_chunk": ("an integer >= 1", lambda v: v >= 1),
+    "eval.max_cases": ("an integer >= 0", lambda v: v >= 0),
+    "eval.etpro_threshold": ("an integer >= 0", lambda v: v >= 0),
+    "data.phantom_cases": ("an integer >= 0", lambda v: v >= 0),
+    "data.num_workers": ("an integer >= 0", lambda v: v >= 0),
+}
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

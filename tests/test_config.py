@@ -51,6 +51,13 @@ def test_from_file_with_a_preset(tmp_path):
         ("train.deterministic=1", "train.deterministic must be bool"),
         ("model.width=8.5", "model.width must be int"),
         ("epochs", "section.key=value"),
+        ("train.lr=Infinity", r"train.lr must be a finite number > 0, got inf"),
+        ("train.lr=0", r"train.lr must be a finite number > 0"),
+        ("train.poly_power=NaN", r"train.poly_power must be a finite number >= 0, got nan"),
+        ("eval.overlap=1.5", r"eval.overlap must be a number in \[0, 1\), got 1.5"),
+        ("objective.temperature=NaN", "objective.temperature must be a finite number > 0"),
+        ("objective.eta_epochs=-3", "objective.eta_epochs must be an integer >= 0"),
+        ("train.epochs=0", "train.epochs must be an integer >= 1"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -65,3 +72,23 @@ def test_bad_files_are_named(tmp_path):
     bad.write_text(json.dumps({"train": {"epochs": "many"}}))
     with pytest.raises(ValueError, match="bad.json: train.epochs must be int"):
         ExperimentConfig.from_file(bad)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "a\\b"])
+def test_a_run_name_is_a_folder_name_not_a_path(name):
+    cfg = ExperimentConfig.preset("cpu").override([f"train.name={name}"])
+    with pytest.raises(ValueError, match="train.name must be a folder name, not a path"):
+        cfg.run_name()
+
+
+def test_the_command_line_says_a_user_error_in_one_line(tmp_path, capsys):
+    from passion_kit.__main__ import main
+
+    assert main(["evaluate", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "checkpoint_last.pt" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert main(["train", "train.lr=Infinity"]) == 1
+    assert "train.lr must be a finite number > 0" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):  # --debug: the exception and its traceback
+        main(["--debug", "evaluate", str(tmp_path / "nowhere")])

@@ -56,6 +56,18 @@ def load_split(root: str | os.PathLike, name_or_path: str | os.PathLike) -> Miss
     return read_split(path, description.modalities)
 
 
+def _split_file(root: Path, name: str) -> Path:
+    """``<root>/splits/<name>.txt``; a name that would leave ``splits/`` is refused."""
+    folder = (root / "splits").resolve()
+    path = (folder / f"{name}.txt").resolve()
+    if not name or folder not in path.parents:
+        raise ValueError(
+            f"split {name!r}: expected the name of a case list under {root / 'splits'} "
+            f"(e.g. 'test'), not a path"
+        )
+    return path
+
+
 class PreparedDataset(Dataset):
     """Cases of a prepared dataset as training or evaluation samples.
 
@@ -89,7 +101,7 @@ class PreparedDataset(Dataset):
         self.setting = setting
         self.augment = augment
         if isinstance(split, str):
-            self.case_ids = read_case_ids(self.root / "splits" / f"{split}.txt")
+            self.case_ids = read_case_ids(_split_file(self.root, split))
         else:
             self.case_ids = list(split)
         missing = sorted(set(self.case_ids) - set(list_cases(self.root)))

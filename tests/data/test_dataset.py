@@ -119,3 +119,9 @@ def test_dataset_errors(phantom_root):
     ds = PreparedDataset(phantom_root, "train", setting="pdt", augment=TrainAugment(40))
     with pytest.raises(ValueError, match="case phantom_0000: patch_size"):
         ds[0]
+
+
+@pytest.mark.parametrize("split", ["../../outside", "/etc/passwd", ""])
+def test_a_split_name_cannot_leave_the_splits_folder(phantom_root, split):
+    with pytest.raises(ValueError, match="expected the name of a case list under"):
+        PreparedDataset(phantom_root, split, setting="full")
