@@ -255,14 +255,23 @@ def reproduce(
         parameters = {**params, "run_dir": str((out / "runs").resolve())}
         if threads:
             parameters["threads"] = threads
-        execute_notebook(
-            notebook,
-            executed,
-            parameters,
-            kernel_name=kernel_name,
-            progress_bar=progress and jobs == 1,
-            cwd=str(notebook.parent),
-        )
+        for attempt in (1, 2):
+            try:
+                execute_notebook(
+                    notebook,
+                    executed,
+                    parameters,
+                    kernel_name=kernel_name,
+                    progress_bar=progress and jobs == 1,
+                    cwd=str(notebook.parent),
+                )
+                break
+            except Exception as exc:  # noqa: BLE001 - a kernel can fail to start once
+                if attempt == 2:
+                    raise
+                # Rarely a kernel dies at its start; the notebook resumes a run it began.
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                log(f"[{i}/{len(points)}] {name}: {type(exc).__name__} {first}; running it again")
         log(f"[{i}/{len(points)}] {name}: finished in {time.perf_counter() - started:.0f} s")
 
     if jobs == 1:

@@ -154,3 +154,44 @@ def test_point_name_is_the_grid_name_of_the_main_job_runs():
     assert point_name("passion", seed=0, **shared) in names
     assert point_name("baseline", seed=2, **shared) in names
     assert point_name("passion", **shared, epochs=40).endswith("_s0_epochs40")
+
+
+def test_a_point_whose_kernel_fails_once_runs_again_and_a_second_failure_stops(
+    tmp_path, monkeypatch
+):
+    import pandas as pd
+
+    import passion_kit.reproduce as rep
+
+    calls: list[str] = []
+
+    def fake_execute(notebook, output, parameters, **kwargs):
+        name = parameters["name"]
+        calls.append(name)
+        if name.endswith("_s1") and calls.count(name) == 1:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        if name.endswith("_s2"):
+            raise RuntimeError("a real bug")
+        folder = Path(parameters["run_dir"]) / name / "eval" / "test"
+        folder.mkdir(parents=True)
+        pd.DataFrame({"combination": ["t1", "mean"], "dice_WT": [0.5, 0.5]}).to_csv(
+            folder / "summary.csv", index=False
+        )
+        history = {"epoch": [0], "modality": ["t1"], "beta": [1.0]}
+        pd.DataFrame(history).to_csv(folder.parents[1] / "history_modality.csv", index=False)
+
+    from pathlib import Path
+
+    monkeypatch.setattr(rep, "execute_notebook", fake_execute)
+    monkeypatch.setattr(rep, "_prepare_data", lambda todo, notebook: None)
+    grid = rep.Grid(objectives=["baseline"], seeds=[0, 1], parameters={"dataset": "phantom"})
+    lines: list[str] = []
+    rep.reproduce(grid, out=tmp_path, jobs=2, log=lines.append)
+    assert (
+        sorted(calls)
+        == ["phantom_rfnet_baseline_mr2468_s0"] + ["phantom_rfnet_baseline_mr2468_s1"] * 2
+    )
+    assert any("RuntimeError Kernel died" in line and "running it again" in line for line in lines)
+    grid.seeds = [2]
+    with pytest.raises(RuntimeError, match="a real bug"):
+        rep.reproduce(grid, out=tmp_path, jobs=1, log=lines.append)
