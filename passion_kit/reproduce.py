@@ -197,6 +197,14 @@ def _summary(out: Path, name: str) -> Path:
     return out / "runs" / name / "eval" / "test" / "summary.csv"
 
 
+def _evaluated(out: Path, points: list[dict]):
+    """``(params, summary table)`` of every point of ``points`` evaluated under ``out``."""
+    for params in points:
+        path = _summary(out, params["name"])
+        if path.exists():
+            yield params, pd.read_csv(path)
+
+
 def reproduce(
     grid: Grid | str = "default",
     *,
@@ -339,11 +347,7 @@ def gather(out: str | os.PathLike, points: list[dict]) -> dict[str, Path]:
 
     out = Path(out)
     rows = []
-    for params in points:
-        path = _summary(out, params["name"])
-        if not path.exists():
-            continue
-        summary = pd.read_csv(path)
+    for params, summary in _evaluated(out, points):
         mean = summary[summary["combination"] == "mean"].iloc[0]
         dice = {c.removeprefix("dice_"): mean[c] for c in summary.columns if c.startswith("dice_")}
         keys = ("backbone", "objective", "missing_rates", "seed")
@@ -426,11 +430,8 @@ def run_overview(out: str | os.PathLike, points: list[dict]) -> pd.DataFrame:
     balancing coefficient) with their modalities."""
     out = Path(out)
     rows = []
-    for p in points:
+    for p, summary in _evaluated(out, points):
         path = _summary(out, p["name"])
-        if not path.exists():
-            continue
-        summary = pd.read_csv(path)
         regions = [c.removeprefix("dice_") for c in summary.columns if c.startswith("dice_")]
         regions = [r for r in regions if not r.endswith("Pro")]
         full = summary[summary["combination"] != "mean"].iloc[-1]  # every modality present
