@@ -57,6 +57,7 @@ def _curve(cfg, every: int, device: str, log) -> list[dict]:
             window=cfg.eval.window,
             overlap=cfg.eval.overlap,
             device=loaded.device,
+            amp=loaded.amp,
             progress=False,
         )
         summary = summarize(per_case).set_index("combination")
@@ -90,7 +91,7 @@ def _profile(cfg, steps: int, log) -> list[tuple[str, float]]:
     import torch
 
     from passion_kit.data import PreparedDataset, augment_for, load_description
-    from passion_kit.train import _amp_dtype, build_model, build_objective_from, select_device
+    from passion_kit.train import amp_dtype, build_model, build_objective_from, select_device
 
     device = select_device(cfg.train.device)
     root = cfg.dataset_root()
@@ -110,7 +111,7 @@ def _profile(cfg, steps: int, log) -> list[tuple[str, float]]:
     if hasattr(objective, "set_omega") and cfg.data.setting != "pdt":
         objective.set_omega(total / counts.clamp_min(1).double())
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, amsgrad=True)
-    amp = _amp_dtype(cfg, device)
+    amp = amp_dtype(cfg.train.amp, device)
     totals: dict[str, float] = {}
     for name in ("encode", "fuse", "separate"):
         setattr(net, name, _Timer(totals, name, getattr(net, name)))

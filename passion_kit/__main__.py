@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--seeds", help="comma-separated, e.g. 0,1,2")
     rep.add_argument("--out", default="outputs/reproduce")
     rep.add_argument(
-        "--jobs", default="auto", help="points run at once (auto: 2 for CPU grids, else 1)"
+        "--jobs", default="auto", help="points run at once (auto: cores + 1 for CPU grids, else 1)"
     )
     rep.add_argument("parameters", nargs="*", help="notebook parameters, e.g. epochs=8")
     rep.set_defaults(func=_reproduce)

@@ -115,6 +115,7 @@ class EvalConfig:
     hd95: str = "official"  # official (one empty set -> 1.0) | brats (-> 373.13 mm)
     etpro_threshold: int = 500  # ET predictions smaller than this are emptied for ETPro
     mask_chunk: int = 15  # masks fused per call (lower it to save memory)
+    amp: str = "off"  # autocast of the prediction, as train.amp; off: fp32
     max_cases: int = 0  # 0: every case of the test split
 
 
@@ -344,7 +345,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"backbone": "rfnet"},
         "objective": {"eta_epochs": 300},
         "train": {"epochs": 14, "lr": 2e-2, "keep_epochs": [], "amp": "fast"},
-        "eval": {"window": [32, 32, 32], "overlap": 0.25},
+        "eval": {"window": [32, 32, 32], "overlap": 0.25, "amp": "fast"},
     },
 }
 

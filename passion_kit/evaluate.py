@@ -106,23 +106,29 @@ def predict_case(
     sw_batch_size: int = 1,
     chunk: int = 15,
     device: torch.device | str = "cpu",
+    amp: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Arg-max labels (C, H, W, D) of one case (M, H, W, D) for each of the C masks."""
+    """Arg-max labels (C, H, W, D) of one case (M, H, W, D) for each of the C masks.
+
+    ``amp``: the autocast dtype of the network's pass (None: fp32; see ``eval.amp``); the
+    probabilities are averaged over windows in fp32 either way.
+    """
     from monai.inferers import sliding_window_inference
 
     device = torch.device(device)
     predictor = MultiMaskPredictor(backbone, masks, chunk)
     x = image.unsqueeze(0).to(device)
-    probs = sliding_window_inference(
-        x,
-        roi_size=tuple(window),  # MONAI pads a case smaller than the window
-        sw_batch_size=sw_batch_size,
-        predictor=predictor,
-        overlap=overlap,
-        mode="constant",
-        sw_device=device,
-        device=device,
-    )  # (1, C * K, H, W, D)
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        probs = sliding_window_inference(
+            x,
+            roi_size=tuple(window),  # MONAI pads a case smaller than the window
+            sw_batch_size=sw_batch_size,
+            predictor=predictor,
+            overlap=overlap,
+            mode="constant",
+            sw_device=device,
+            device=device,
+        )  # (1, C * K, H, W, D)
     c = masks.shape[0]
     return probs.view(c, -1, *probs.shape[2:]).argmax(1).cpu()
 
@@ -207,6 +213,7 @@ def evaluate_cases(
     hd95_convention: str = "official",
     etpro_threshold: int = 500,
     device: torch.device | str = "cpu",
+    amp: torch.dtype | None = None,
     max_cases: int = 0,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -233,6 +240,7 @@ def evaluate_cases(
             sw_batch_size=sw_batch_size,
             chunk=chunk,
             device=device,
+            amp=amp,
         ).numpy()
         target = sample["label"].numpy()
         for mask_id in range(ms.num_combinations):
@@ -267,6 +275,13 @@ class LoadedRun:
     root: Path
     description: DatasetDescription
     device: torch.device
+
+    @property
+    def amp(self) -> torch.dtype | None:
+        """The autocast dtype of the run's predictions (``eval.amp``) on its device."""
+        from passion_kit.train import amp_dtype
+
+        return amp_dtype(self.cfg.eval.amp, self.device, "eval.amp")
 
 
 def load_run(
@@ -331,6 +346,7 @@ def save_prediction_nifti(
         window=cfg.eval.window,
         overlap=cfg.eval.overlap,
         device=loaded.device,
+        amp=loaded.amp,
     )[0].numpy()
     to_raw = np.zeros(len(loaded.description.classes), dtype=np.int16)
     for raw, cls in loaded.description.label_mapping.items():
@@ -391,6 +407,7 @@ def evaluate_run(
         hd95_convention=hd95_convention or cfg.eval.hd95,
         etpro_threshold=cfg.eval.etpro_threshold,
         device=dev,
+        amp=loaded.amp,
         max_cases=cfg.eval.max_cases if max_cases is None else max_cases,
         progress=progress,
     )

@@ -44,7 +44,15 @@ from passion_kit.io import atomic_torch_save, atomic_write_text, write_csv
 from passion_kit.models import Backbone, build_backbone
 from passion_kit.objectives import build_objective
 
-__all__ = ["fit", "select_device", "build_model", "build_objective_from", "poly_lr", "RunFiles"]
+__all__ = [
+    "fit",
+    "select_device",
+    "build_model",
+    "build_objective_from",
+    "poly_lr",
+    "amp_dtype",
+    "RunFiles",
+]
 
 # Config keys that may differ between a run and its resumption.
 RESUMABLE_CHANGES = {
@@ -201,19 +209,24 @@ def _batches(loader: DataLoader, sampler, epoch: int, count: int) -> Iterator[di
         lap += 1
 
 
-def _amp_dtype(cfg: ExperimentConfig, device: torch.device) -> torch.dtype | None:
-    amp = cfg.train.amp
-    if amp not in ("auto", "fast", "off", "bf16", "fp16"):
-        raise ValueError(f"train.amp must be auto, fast, off, bf16 or fp16, got {amp!r}")
-    if amp == "fast" and device.type == "cpu":
+def amp_dtype(setting: str, device: torch.device, key: str = "train.amp") -> torch.dtype | None:
+    """The autocast dtype of an amp setting (``train.amp``, ``eval.amp``) on ``device``.
+
+    ``off``: None (fp32). ``auto``: bf16 on CUDA where supported, else fp16; fp32 elsewhere.
+    ``fast``: as ``auto``, and bf16 on a CPU that computes bf16 in hardware.
+    ``bf16`` / ``fp16``: that dtype (fp16 only on CUDA).
+    """
+    if setting not in ("auto", "fast", "off", "bf16", "fp16"):
+        raise ValueError(f"{key} must be auto, fast, off, bf16 or fp16, got {setting!r}")
+    if setting == "fast" and device.type == "cpu":
         return torch.bfloat16 if cpu_has_native_bf16() else None
-    if amp == "off" or (amp in ("auto", "fast") and device.type != "cuda"):
+    if setting == "off" or (setting in ("auto", "fast") and device.type != "cuda"):
         return None
-    if amp in ("auto", "fast"):
+    if setting in ("auto", "fast"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp='fp16' needs a CUDA device; use 'bf16' on CPU")
-    return torch.bfloat16 if amp == "bf16" else torch.float16
+    if setting == "fp16" and device.type != "cuda":
+        raise ValueError(f"{key}='fp16' needs a CUDA device; use 'bf16' on CPU")
+    return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
 def cpu_has_native_bf16() -> bool:
@@ -323,8 +336,8 @@ def fit(cfg: ExperimentConfig, *, stop_after: int | None = None) -> Path:
     optimizer = opt_cls(
         backbone.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, amsgrad=True
     )
-    amp_dtype = _amp_dtype(cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    autocast_dtype = amp_dtype(cfg.train.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
 
     files = RunFiles(Path(cfg.train.run_dir) / cfg.run_name())
     start_epoch, history = 0, {"epoch": [], "modality": []}
@@ -387,7 +400,9 @@ def fit(cfg: ExperimentConfig, *, stop_after: int | None = None) -> Path:
                 for key, value in batch.items()
             }
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
                 loss, result = model(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(

@@ -534,6 +534,7 @@ def save_run_figures(
             window=cfg.eval.window,
             overlap=cfg.eval.overlap,
             device=loaded.device,
+            amp=loaded.amp,
         )
         key = f"case_{sample['case_id']}"
         written[key] = out / f"{key}.png"

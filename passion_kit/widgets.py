@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 _PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # the fixed axis of (H, W, D)
-AMP = {"off": None, "bf16": torch.bfloat16}
+AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHIPPED_EXPLORER = Path(__file__).resolve().parent / "resources" / "explorer"
 # The files of a packed explorer checkpoint (see pack_explorer_checkpoint).
 _PACKED = ("checkpoint.pt", "config.json", "history_epoch.csv", "history_modality.csv")
@@ -227,7 +227,9 @@ class CachedCase:
     """One case: encoder features per sliding window computed once, predictions per subset.
 
     The windows, their overlap and the averaging are MONAI's, as in
-    :func:`passion_kit.evaluate.predict_case`, so a prediction equals the evaluation's.
+    :func:`passion_kit.evaluate.predict_case`, so a prediction equals the evaluation's
+    (in fp32; under bf16 it equals ``predict_case`` of that one mask, and the evaluation,
+    which fuses 15 masks per call, may differ in a few voxels).
 
     Args:
         backbone: a trained backbone in eval mode.
@@ -235,10 +237,10 @@ class CachedCase:
         window: sliding-window size.
         overlap: sliding-window overlap.
         device: where the backbone runs.
-        amp: ``"off"`` (fp32: exactly the evaluation's prediction) or ``"bf16"`` (autocast:
-            on a CPU with bf16 units the decoder pass of a 48^3 case took 0.1-0.2 s instead
-            of 0.2-0.4 s on 2 idle cores, and 0.3 s instead of 3 s on 2 busy ones; about
-            0.5 % of the voxels may differ from fp32).
+        amp: ``"off"`` (fp32), ``"bf16"`` or ``"fp16"`` (CUDA) autocast. On a CPU with
+            bf16 units the decoder pass of a 48^3 case took 0.1-0.2 s in bf16 instead of
+            0.2-0.4 s in fp32 on 2 idle cores, and 0.3 s instead of 3 s on 2 busy ones;
+            about 0.5 % of the voxels may differ between the two.
     """
 
     def __init__(
@@ -313,7 +315,8 @@ class MissingModalityExplorer:
         cases: case ids to offer (default: the run's test split).
         data_root: the prepared dataset (default: the one in the run's config).
         device: where the model runs (``auto``: cuda, then mps, then cpu).
-        amp: ``"off"`` (fp32, exact) or ``"bf16"`` (faster toggles), see :class:`CachedCase`.
+        amp: ``"run"`` (the run's ``eval.amp``: the evaluation's predictions), ``"off"``
+            (fp32), ``"bf16"`` or ``"fp16"``; see :class:`CachedCase`.
         max_cached_cases: cases whose encoder features stay in memory (the case picker
             re-encodes others). RFNet at width 8 keeps about 19 MB per 48^3 window: one
             window for a 48^3 case, 8 for a 64^3 case with the cpu preset's windows.
@@ -326,16 +329,18 @@ class MissingModalityExplorer:
         cases: Sequence[str] | None = None,
         data_root: str | os.PathLike | None = None,
         device: str = "auto",
-        amp: str = "off",
+        amp: str = "run",
         max_cached_cases: int = 2,
     ) -> None:
         import ipywidgets as w
 
-        if amp not in AMP:
-            raise ValueError(f"amp must be one of {sorted(AMP)}, got {amp!r}")
+        if amp != "run" and amp not in AMP:
+            raise ValueError(f"amp must be run or one of {sorted(AMP)}, got {amp!r}")
         if max_cached_cases < 1:
             raise ValueError(f"max_cached_cases must be >= 1, got {max_cached_cases}")
         loaded = load_run(run_dir, data_root=data_root, device=device)
+        if amp == "run":
+            amp = next(name for name, dtype in AMP.items() if dtype == loaded.amp)
         self.run_dir = Path(run_dir)
         self.backbone = loaded.backbone
         self.device = loaded.device

@@ -195,3 +195,42 @@ def test_a_point_whose_kernel_fails_once_runs_again_and_a_second_failure_stops(
     grid.seeds = [2]
     with pytest.raises(RuntimeError, match="a real bug"):
         rep.reproduce(grid, out=tmp_path, jobs=1, log=lines.append)
+
+
+def test_a_cpu_grid_runs_one_point_more_than_cores_single_threaded_longest_first(
+    tmp_path, monkeypatch
+):
+    import threading
+    from pathlib import Path
+
+    import pandas as pd
+
+    import passion_kit.reproduce as rep
+
+    started: list[tuple[str, int]] = []
+    gate = threading.Barrier(3, timeout=30)  # three points must be running at once
+
+    def fake_execute(notebook, output, parameters, **kwargs):
+        started.append((parameters["name"], parameters["threads"]))
+        if len(started) <= 3:
+            gate.wait()
+        folder = Path(parameters["run_dir"]) / parameters["name"] / "eval" / "test"
+        folder.mkdir(parents=True)
+        pd.DataFrame({"combination": ["t1", "mean"], "dice_WT": [0.5, 0.5]}).to_csv(
+            folder / "summary.csv", index=False
+        )
+        history = {"epoch": [0], "modality": ["t1"], "beta": [1.0]}
+        pd.DataFrame(history).to_csv(folder.parents[1] / "history_modality.csv", index=False)
+
+    monkeypatch.setattr(rep.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(rep, "execute_notebook", fake_execute)
+    monkeypatch.setattr(rep, "_prepare_data", lambda todo, notebook: None)
+    grid = rep.Grid(seeds=[0, 1, 2], parameters={"preset": "cpu", "dataset": "phantom"})
+    assert rep.auto_jobs(grid) == 3  # the cpu preset on 2 cores
+    assert rep.auto_jobs(rep.Grid(parameters={"preset": "brats2020-paper"})) == 1
+    monkeypatch.setattr(rep.os, "cpu_count", lambda: 1)
+    assert rep.auto_jobs(grid) == 1
+    rep.reproduce(grid, out=tmp_path, jobs=3, log=lambda line: None)
+    assert {threads for _, threads in started} == {1}
+    objectives = [name.split("_")[2] for name, _ in started]
+    assert objectives[:3] == ["passion"] * 3 and sorted(objectives[3:]) == ["baseline"] * 3

@@ -175,12 +175,12 @@ def test_amp_fast_uses_bf16_only_on_a_cpu_with_bf16_units(monkeypatch):
     assert cfg.train.amp == "fast"
     cpu = torch.device("cpu")
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
-    assert train._amp_dtype(cfg, cpu) == torch.bfloat16
+    assert train.amp_dtype(cfg.train.amp, cpu) == torch.bfloat16
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
-    assert train._amp_dtype(cfg, cpu) is None  # emulated bf16 can be slower than fp32
-    assert train._amp_dtype(cfg.override(["train.amp=auto"]), cpu) is None
+    assert train.amp_dtype(cfg.train.amp, cpu) is None  # emulated bf16 can be slower than fp32
+    assert train.amp_dtype("auto", cpu) is None
     with pytest.raises(ValueError, match="train.amp must be auto, fast, off"):
-        train._amp_dtype(cfg.override(["train.amp=fp8"]), cpu)
+        train.amp_dtype("fp8", cpu)
 
 
 def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path):

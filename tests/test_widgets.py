@@ -14,6 +14,7 @@ import torch
 from passion_kit import widgets
 from passion_kit.config import ExperimentConfig
 from passion_kit.evaluate import case_metrics, predict_case
+from passion_kit.train import amp_dtype
 from passion_kit.widgets import (
     CachedCase,
     MissingModalityExplorer,
@@ -118,13 +119,19 @@ def test_predictions_and_dice_equal_the_evaluation(all_on):
     explorer = all_on
     cfg = ExperimentConfig.from_file(explorer.run_dir / "config.json")
     masks = torch.tensor([[True, True, True, True], [False, True, False, True]])
-    expected = predict_case(
-        explorer.backbone,
-        explorer.cached.image,
-        masks,
-        window=cfg.eval.window,
-        overlap=cfg.eval.overlap,
-    ).numpy()
+    amp = amp_dtype(cfg.eval.amp, torch.device("cpu"), "eval.amp")  # as evaluate_run
+    assert widgets.AMP[explorer.amp] == amp
+    expected = [
+        predict_case(
+            explorer.backbone,
+            explorer.cached.image,
+            mask[None],
+            window=cfg.eval.window,
+            overlap=cfg.eval.overlap,
+            amp=amp,
+        )[0].numpy()
+        for mask in masks
+    ]
     for mask, labels in zip(masks.tolist(), expected, strict=True):
         explorer.set_modalities([n for n, m in zip(explorer.names, mask, strict=True) if m])
         assert np.array_equal(explorer.prediction, labels)

@@ -205,7 +205,9 @@ class PassionObjective:
             loss = loss + self.weight_sep * self._reduce(l_sep).sum()
             if self.track_distance:
                 with torch.no_grad():
-                    distance = self._measure_distance(backbone, feats, mask, a, y)
+                    distance = self._measure_distance(
+                        backbone, feats, teacher.feature.detach(), mask, a, y
+                    )
                 gate = torch.zeros(m, device=device)
 
         if distance is not None:
@@ -227,11 +229,18 @@ class PassionObjective:
         )
 
     @staticmethod
-    def _student_modalities(mask: torch.Tensor, a: torch.Tensor) -> list[int]:
+    def _real_students(mask: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """(B, M): modality m is a student of sample n that is not the teacher itself.
+
+        A single-modality sample's student has the teacher's mask: it is the teacher, and
+        its terms are exactly 0 (the official code computes them and gets 0).
+        """
+        return a & ~((mask.sum(1, keepdim=True) == 1) & mask)
+
+    @classmethod
+    def _student_modalities(cls, mask: torch.Tensor, a: torch.Tensor) -> list[int]:
         """Modalities that are a real student (not the teacher itself) for some sample."""
-        single = mask.sum(1, keepdim=True) == 1
-        real = a & ~(single & mask)
-        return [int(i) for i in torch.nonzero(real.any(0)).flatten()]
+        return [int(i) for i in torch.nonzero(cls._real_students(mask, a).any(0)).flatten()]
 
     def _student_losses(
         self,
@@ -261,10 +270,7 @@ class PassionObjective:
             s_logits, [d[0] for d in deep], t_logits, [d[1] for d in deep], self.temperature
         )
         proto, dist = prototype_distillation(s_feat, t_feat, y)
-        # A student whose mask is the teacher's (single-modality sample) is the teacher:
-        # its terms are exactly 0 (the official code computes them and gets 0).
-        real = a & ~((mask.sum(1, keepdim=True) == 1) & mask)
-        weight = real.float()
+        weight = self._real_students(mask, a).float()
         l_pix, l_proto, distance = zeros, zeros.clone(), zeros.clone()
         # (autocast may hand back bf16 from the einsums; the records stay float32)
         l_pix[:, mods] = pix.view(b, s).float()
@@ -276,14 +282,25 @@ class PassionObjective:
         self,
         backbone: Backbone,
         feats: list[torch.Tensor],
+        teacher_feature: torch.Tensor,
         mask: torch.Tensor,
         a: torch.Tensor,
         y: torch.Tensor,
     ) -> torch.Tensor:
-        """Baseline only: D of every student, measured without gradient."""
+        """Baseline only: D of every student, measured without gradient.
+
+        Only the students are fused (the teacher's feature is the one the loss used), and
+        a sample batch without a real student costs nothing.
+        """
+        b, m = mask.shape
+        distance = y.new_zeros(b, m)
         mods = self._student_modalities(mask, a)
-        out = backbone.fuse(feats, student_masks(mask, mods, teacher=True))
-        return self._student_losses(out, 1 + len(mods), mods, mask, a, y)[2]
+        if not mods:
+            return distance
+        out = backbone.fuse(feats, student_masks(mask, mods, teacher=False))
+        dist = prototype_distillation(out.feature.float(), teacher_feature.float(), y)[1]
+        distance[:, mods] = dist.view(b, len(mods)).float()
+        return distance * self._real_students(mask, a).float()
 
 
 def BaselineObjective(**kwargs) -> PassionObjective:  # noqa: N802 - reads as a class

@@ -199,3 +199,29 @@ def test_bad_batches_are_named(net):
         objective({**batch, "label": batch["label"] + 4}, net)
     with pytest.raises(ValueError, match="unknown objective"):
         build_objective("ogm", num_modalities=4, num_classes=4)
+
+
+def test_baseline_distance_is_passions_distance(net):
+    """The baseline measures D on the same students as PASSION, without re-fusing the teacher."""
+    batch = _batch([[True, True, False, True], [False, True, False, False]])
+    tracked = build_objective("baseline", num_modalities=4, num_classes=4, track_distance=True)
+    passion = build_objective("passion", num_modalities=4, num_classes=4)
+    with torch.no_grad():
+        d_base = tracked(batch, net).per_modality["distance"]
+        d_passion = passion(batch, net).per_modality["distance"]
+    torch.testing.assert_close(d_base, d_passion, rtol=1e-4, atol=1e-6)
+    assert (d_base[[0, 1, 3]] > 0).all() and d_base[2] == 0
+
+
+def test_baseline_tracking_skips_a_batch_without_students(net):
+    calls = []
+    hook = net.decoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        objective = build_objective(
+            "baseline", num_modalities=4, num_classes=4, track_distance=True
+        )
+        result = objective(_batch([[False, True, False, False]]), net)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # the teacher's pass only
+    assert (result.per_modality["distance"] == 0).all()
