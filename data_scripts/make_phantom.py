@@ -43,14 +43,18 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or data_root() / "phantom"
     start = time.perf_counter()
-    written = make_phantom(
-        out,
-        num_cases=args.cases,
-        size=args.size,
-        seed=args.seed,
-        workers=args.workers,
-        progress=not args.quiet,
-    )
+    try:
+        written = make_phantom(
+            out,
+            num_cases=args.cases,
+            size=args.size,
+            seed=args.seed,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
+    except (ValueError, FileExistsError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     elapsed = time.perf_counter() - start
     print(f"{out}: {len(written)} new case(s), {args.cases - len(written)} already there")
     if not args.report:

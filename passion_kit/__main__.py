@@ -217,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     quick.add_argument("--seed", type=int, default=0)
     quick.set_defaults(func=_quickstart)
     train = sub.add_parser("train", help="train (or resume) a run")
-    train.add_argument("--preset", default="cpu", help="cpu | brats2020-paper | myops2020-paper")
+    train.add_argument(
+        "--preset",
+        default="cpu",
+        help="cpu | brats2020-paper | myops2020-paper | brats2020-official | myops2020-official",
+    )
     train.add_argument("--config", help="a JSON or YAML config file (may name a preset)")
     train.add_argument("--evaluate", action="store_true", help="evaluate the run afterwards")
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=2")
@@ -228,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--split", help="default: the run's data.test_split")
     evaluate.add_argument("--data-root", help="default: the run's prepared dataset")
     evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--hd95", choices=["official", "brats"], help="empty-set convention")
+    evaluate.add_argument(
+        "--hd95",
+        choices=["official", "brats", "monai"],
+        help="HD95 convention: definition and empty-set value (default: the run's eval.hd95)",
+    )
     evaluate.add_argument("--max-cases", type=int, help="evaluate only the first N cases")
     evaluate.set_defaults(func=_evaluate)
     ship = sub.add_parser(
@@ -255,16 +263,20 @@ def main(argv: list[str] | None = None) -> int:
         "--debug", action="store_true", help="show the Python traceback of an error"
     )
     args = parser.parse_args(argv)
+    from passion_kit.io import NoSpaceError
+
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, NoSpaceError) as exc:
         if args.debug:
             raise
         # A user error (a bad file, key or value): its message names what is wrong, so
         # one line says it; --debug shows where it was raised.
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
-        return 1
+        from passion_kit.config import UsageError
+
+        return 2 if isinstance(exc, UsageError) else 1  # 2: a bad argument, as argparse
 
 
 # Errors the kit raises for bad input (files, keys, values). Anything else is a bug and

@@ -36,8 +36,14 @@ __all__ = [
     "TrainConfig",
     "EvalConfig",
     "ExperimentConfig",
+    "UsageError",
     "PRESETS",
+    "OFFICIAL_SWITCHES",
 ]
+
+
+class UsageError(ValueError):
+    """A bad command-line value (the CLI exits with status 2, as for a bad argument)."""
 
 
 @dataclass
@@ -50,6 +56,8 @@ class DataConfig:
     test_split: str = "test"
     patch_size: list[int] = field(default_factory=lambda: [80, 80, 80])
     jitter: str = "official"  # official (per channel and first-axis index) | channel
+    # rotation fill of the image: background (each channel's) | a number (official: -1)
+    image_fill: float | str = "background"
     num_workers: int = 8
     phantom_cases: int = 0  # > 0: generate the phantom with this many cases if absent
     phantom_size: int = 64
@@ -69,10 +77,15 @@ class ObjectiveConfig:
     weight_sep: float = 1.0
     weight_pixel: float = 0.5
     weight_proto: float = 0.1
-    students: str = "available"  # available | all (official HEAD in PDT)
+    students: str = "available"  # available | all (official HEAD in PDT) | official (by setting)
     reduction: str = "mean"  # mean | sum (official; effective lr grows with batch size)
     skip_degenerate: bool = True  # spec G.2 fix
     exclude_single_modality: bool = False  # spec G.3
+    keep_self_students: bool = False  # official: single-modality samples keep a self-student
+    # modality: epoch D per modality over its students | iteration: over the iterations
+    # (the official statistic in pdt and idt_drop) | official: the official one per setting
+    epoch_distance: str = "modality"
+    warmup_decay: bool = False  # official: warm-up still decays the fusion parameters
     track_distance: bool = True  # baseline: still measure D (no gradient) for the plots
     eta: float = 0.01
     eta_factor: float = 1.5
@@ -98,9 +111,10 @@ class TrainConfig:
     seed: int = 1037
     deterministic: bool = False
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
-    # auto: bf16/fp16 on CUDA, off on CPU. fast: as auto, and bf16 on a CPU with bf16
-    # units (AVX-512 BF16, AMX, Arm BF16), where it is about 3x faster. off | bf16 | fp16.
-    amp: str = "auto"
+    # off: fp32, as the official code (the paper presets). auto: bf16/fp16 on CUDA, off on
+    # CPU. fast: as auto, and bf16 on a CPU with bf16 units (AVX-512 BF16, AMX, Arm BF16),
+    # where a step is about 2.5x faster (docs/cpu_recipe.md). bf16 | fp16: that dtype.
+    amp: str = "off"
     keep_epochs: list[int] = field(default_factory=lambda: [100, 200, 300])
     run_dir: str = "runs"
     name: str = ""  # run folder name; "" = <dataset>_<backbone>_<objective>_<setting>_s<seed>
@@ -112,7 +126,7 @@ class EvalConfig:
     window: list[int] = field(default_factory=lambda: [80, 80, 80])
     overlap: float = 0.5
     sw_batch_size: int = 1
-    hd95: str = "official"  # official (one empty set -> 1.0) | brats (-> 373.13 mm)
+    hd95: str = "official"  # official | brats | monai (definition, empty-set value: evaluate)
     etpro_threshold: int = 500  # ET predictions smaller than this are emptied for ETPro
     mask_chunk: int = 15  # masks fused per call (lower it to save memory)
     amp: str = "off"  # autocast of the prediction, as train.amp; off: fp32
@@ -152,14 +166,22 @@ class ExperimentConfig:
     def from_file(cls, path: str | os.PathLike, overrides: list[str] = ()) -> ExperimentConfig:
         """Read a JSON or YAML file (optionally ``{"preset": name, ...}``), then overrides."""
         path = Path(path)
+        from passion_kit.io import read_text
+
         try:
-            text = path.read_text()
+            text = read_text(path, "a JSON or YAML config")
         except OSError as exc:
             raise ValueError(f"cannot read config file {path}: {exc.strerror}") from None
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
-            values = yaml.safe_load(text) or {}
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                where = getattr(exc, "problem_mark", None)
+                at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+                problem = getattr(exc, "problem", None) or type(exc).__name__
+                raise ValueError(f"{path}: not valid YAML{at} ({problem})") from None
         else:
             try:
                 values = json.loads(text)
@@ -189,16 +211,22 @@ class ExperimentConfig:
         return self
 
     def override(self, items: list[str] | tuple[str, ...]) -> ExperimentConfig:
-        """Apply ``section.key=value`` strings (values parsed as JSON where they can be)."""
+        """Apply ``section.key=value`` strings (values parsed as JSON where they can be).
+
+        A bad item raises :class:`UsageError` (a ``ValueError``) naming it.
+        """
         for item in items:
             if "=" not in item:
-                raise ValueError(f"override {item!r} must look like section.key=value")
+                raise UsageError(f"override {item!r} must look like section.key=value")
             key, raw = item.split("=", 1)
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError:
                 value = raw
-            self._set(key.strip(), value, source="override")
+            try:
+                self._set(key.strip(), value, source="override")
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         return self
 
     def _set(self, dotted: str, value: Any, *, source: str) -> None:
@@ -254,6 +282,13 @@ def _finite(low: float, *, strict: bool = False, high: float | None = None):
     return ok
 
 
+_AMP = ("auto", "fast", "off", "bf16", "fp16")
+
+
+def _one_of(*choices: str):
+    return lambda v: v in choices
+
+
 # Values a key may take beyond its type (checked where the config is read).
 _RANGES: dict[str, tuple[str, Any]] = {
     "train.lr": ("a finite number > 0", _finite(0.0, strict=True)),
@@ -278,6 +313,18 @@ _RANGES: dict[str, tuple[str, Any]] = {
     "eval.etpro_threshold": ("an integer >= 0", lambda v: v >= 0),
     "data.phantom_cases": ("an integer >= 0", lambda v: v >= 0),
     "data.num_workers": ("an integer >= 0", lambda v: v >= 0),
+    "data.image_fill": (
+        "'background' or a finite number",
+        lambda v: v == "background" or (not isinstance(v, str) and math.isfinite(v)),
+    ),
+    "objective.students": ("available, all or official", _one_of("available", "all", "official")),
+    "objective.epoch_distance": (
+        "modality, iteration or official",
+        _one_of("modality", "iteration", "official"),
+    ),
+    "train.amp": ("auto, fast, off, bf16 or fp16", _one_of(*_AMP)),
+    "eval.amp": ("auto, fast, off, bf16 or fp16", _one_of(*_AMP)),
+    "eval.hd95": ("official, brats or monai", _one_of("official", "brats", "monai")),
 }
 
 
@@ -348,6 +395,34 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"window": [32, 32, 32], "overlap": 0.25, "amp": "fast"},
     },
 }
+
+
+# The official code's behaviour where the kit deviates from it (README, "Where the kit
+# deviates"): a paper preset plus these is "<dataset>-official".
+OFFICIAL_SWITCHES: dict[str, dict[str, Any]] = {
+    "data": {"image_fill": -1.0},
+    "objective": {
+        "reduction": "sum",
+        "skip_degenerate": False,
+        "students": "official",
+        "epoch_distance": "official",
+        "keep_self_students": True,
+        "warmup_decay": True,
+    },
+    "train": {"amp": "off", "deterministic": True},
+}
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the sections of ``extra`` laid over it (one level deep)."""
+    out = {section: dict(values) for section, values in base.items()}
+    for section, values in extra.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+for _name in ("brats2020", "myops2020"):
+    PRESETS[f"{_name}-official"] = _merged(PRESETS[f"{_name}-paper"], OFFICIAL_SWITCHES)
 
 
 def notebook_config(

@@ -11,11 +11,24 @@ Metrics per case, combination and region (regions from the dataset description):
 - Dice ``(2|P & G| + 1e-8) / (|P| + |G| + 1e-8)``: 1 when both are empty.
 - ETPro (BraTS): ET Dice after emptying ET predictions smaller than 500 voxels (for this
   metric only).
-- HD95: 95th percentile of border-to-border distances, symmetric, voxel spacing from
-  the dataset (the same values as MONAI's ``compute_hausdorff_distance``; tested).
-  Empty sets: both empty -> 0 in both conventions; exactly one empty -> 1.0 with
-  ``hd95="official"`` (the official PASSION code, optimistic) or 373.13 mm with
-  ``hd95="brats"`` (the BraTS challenges' convention).
+- HD95 from the distances of each border voxel (a voxel of the set with a 6-neighbour
+  outside it) to the other set's border, in mm with the dataset's voxel spacing. Two
+  definitions are in use, and they differ by up to a few mm on tumour-like shapes:
+
+  - *pooled*: the 95th percentile of the distances of both directions together
+    (medpy's ``metric.binary.hd95``);
+  - *directed*: the larger of the two directions' 95th percentiles (MONAI's
+    ``compute_hausdorff_distance(percentile=95)``; the BraTS 2023 toolkit's
+    ``compute_robust_hausdorff`` is of this kind, with border elements weighted by area).
+
+  ``eval.hd95`` picks a convention: a definition and the value when exactly one set is
+  empty (both empty -> 0 in each):
+
+  - ``official``: pooled, 1.0 for one empty set (optimistic), as the official PASSION
+    code (``utils/predict.py``, medpy's ``hd95``);
+  - ``brats``: pooled, 373.13 mm, as nnU-Net's BraTS 2020 evaluation (medpy's ``hd95``
+    and 373.12866, named in the official code's comments);
+  - ``monai``: directed, 373.13 mm (MONAI itself returns NaN or inf for an empty set).
 
 Outputs (``evaluate_run``): ``per_case.csv`` (one row per case and combination),
 ``summary.csv`` and ``summary.md`` (mean per combination and the mean over combinations).
@@ -42,7 +55,12 @@ import torch.nn.functional as F
 from passion_kit.config import ExperimentConfig
 from passion_kit.data import PreparedDataset, load_description
 from passion_kit.data.description import DatasetDescription
-from passion_kit.io import atomic_write_text, markdown_table
+from passion_kit.io import (
+    atomic_write_text,
+    check_writable,
+    markdown_table,
+    remove_stale_temps,
+)
 from passion_kit.models import Backbone
 
 __all__ = [
@@ -60,7 +78,10 @@ __all__ = [
     "save_prediction_nifti",
 ]
 
-HD95_EMPTY = {"official": 1.0, "brats": 373.13}
+# HD95 conventions (module docstring): the value for exactly one empty set, and whether
+# the two directions' distances are pooled (medpy) or each direction is taken on its own.
+HD95_EMPTY = {"official": 1.0, "brats": 373.13, "monai": 373.13}
+HD95_POOLED = {"official": True, "brats": True, "monai": False}
 
 
 class MultiMaskPredictor:
@@ -154,10 +175,11 @@ def hd95(
 ) -> float:
     """95th-percentile symmetric Hausdorff distance between the borders, in mm.
 
-    ``max(P95 d(pred border -> target border), P95 d(target border -> pred border))`` as
-    medpy (the official code) and MONAI compute it, with Euclidean distance transforms
-    restricted to the bounding box of both masks (fast for tumour-sized regions).
-    Empty sets follow ``convention`` (see the module docstring).
+    ``official`` and ``brats``: ``P95`` of the distances of both directions pooled, as
+    medpy's ``hd95`` (the official code's); ``monai``: ``max(P95 d(pred -> target),
+    P95 d(target -> pred))``. Euclidean distance transforms are restricted to the
+    bounding box of both masks (fast for tumour-sized regions). Empty sets follow
+    ``convention`` (see the module docstring).
     """
     from scipy import ndimage
 
@@ -176,6 +198,8 @@ def hd95(
     sampling = list(spacing) if spacing is not None else None
     to_target = ndimage.distance_transform_edt(~tb, sampling=sampling)[pb]
     to_pred = ndimage.distance_transform_edt(~pb, sampling=sampling)[tb]
+    if HD95_POOLED[convention]:
+        return float(np.percentile(np.concatenate((to_target, to_pred)), 95))
     return float(max(np.percentile(to_target, 95), np.percentile(to_pred, 95)))
 
 
@@ -231,6 +255,11 @@ def evaluate_cases(
     rows = []
     for index in tqdm(range(count), desc="evaluate", disable=not progress, dynamic_ncols=True):
         sample = dataset[index]
+        if not torch.isfinite(sample["image"]).all():
+            raise ValueError(
+                f"case {sample['case_id']} of {dataset.root}: image contains NaN or infinite "
+                f"values; prepare it again"
+            )
         labels = predict_case(
             backbone,
             sample["image"],
@@ -374,6 +403,32 @@ def ensure_evaluated(run_dir: str | os.PathLike, split: str = "test", **options)
     return evaluate_run(run_dir, split=split, **options)
 
 
+def _check_same_run(run: Path, checkpoint: Path, cfg: ExperimentConfig) -> None:
+    """Refuse a checkpoint of another run: its tables would be filed under ``run``."""
+    if checkpoint.resolve().parent == run.resolve():
+        return
+    own = run / "config.json"
+    if not own.is_file():
+        raise ValueError(
+            f"{checkpoint} is not in {run} and {run} has no config.json to compare it with; "
+            f"evaluate the checkpoint's own run folder"
+        )
+    mine = ExperimentConfig.from_file(own).to_dict()
+    theirs = cfg.to_dict()
+    place = {("data", "root"), ("train", "run_dir"), ("train", "device"), ("train", "progress")}
+    differ = sorted(
+        f"{section}.{key}"
+        for section in mine
+        for key in mine[section]
+        if (section, key) not in place and mine[section][key] != theirs[section].get(key)
+    )
+    if differ:
+        raise ValueError(
+            f"{checkpoint} belongs to another run than {run} ({', '.join(differ[:3])} "
+            f"differ); evaluate the checkpoint's own run folder"
+        )
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -393,9 +448,14 @@ def evaluate_run(
     """
     loaded = load_run(run_dir, checkpoint=checkpoint, data_root=data_root, device=device)
     cfg, state, backbone, dev = loaded.cfg, loaded.state, loaded.backbone, loaded.device
+    run = Path(run_dir)
+    if checkpoint is not None:
+        _check_same_run(run, Path(checkpoint), cfg)
     split = split or cfg.data.test_split
     dataset = PreparedDataset(loaded.root, split, setting="full")
-    run = Path(run_dir)
+    out = run / "eval" / split
+    check_writable(out, "the evaluation tables")  # before minutes of computing
+    remove_stale_temps(out)
     started = time.perf_counter()
     per_case = evaluate_cases(
         backbone,
@@ -412,7 +472,6 @@ def evaluate_run(
         progress=progress,
     )
     summary = summarize(per_case)
-    out = run / "eval" / split
     paths = {
         "per_case": out / "per_case.csv",
         "summary": out / "summary.csv",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,8 +16,13 @@ import torch
 
 __all__ = [
     "TMP_PREFIX",
+    "NoSpaceError",
     "umask",
     "atomic_write",
+    "read_text",
+    "remove_stale_temps",
+    "check_writable",
+    "check_free_space",
     "atomic_write_text",
     "atomic_torch_save",
     "write_csv",
@@ -32,8 +39,28 @@ def umask() -> int:
     return mask
 
 
+class NoSpaceError(OSError):
+    """The disk filled up while writing a file (what was there before is unchanged)."""
+
+
+def _out_of_space(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an error it was raised from is a full disk (torch wraps it)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``."""
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``.
+
+    On any failure the temporary file is removed and ``path`` keeps its old content; a
+    full disk raises :class:`NoSpaceError` naming ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
@@ -42,9 +69,64 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if _out_of_space(exc):
+            raise NoSpaceError(
+                errno.ENOSPC,
+                f"{path}: no space left on device (nothing written; the previous file, if "
+                f"any, is unchanged)",
+            ) from exc
         raise
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A text file's content, with one clear error for a binary or unreadable file."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file ({what} expected)") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a folder, not a file ({what} expected)") from None
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write left in ``folder``."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith(TMP_PREFIX) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> None:
+    """Refuse, before long work, a folder where ``what`` could not be written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(f"{folder}: cannot write {what} there ({exc.strerror})") from None
+
+
+def check_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
+    """Refuse, before long work, a disk with less than ``needed`` bytes free."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise NoSpaceError(
+            errno.ENOSPC,
+            f"{folder}: {free / 2**20:.0f} MiB free, {what} needs about {needed / 2**20:.0f} MiB",
+        )
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, newline: str | None = None) -> None:

@@ -161,6 +161,12 @@ class PreferenceState:
             paper's 300-epoch schedule: each epoch's step is ``eta_scale`` times the
             schedule's eta, and eta steps up when the schedule epochs it covers reach 0,
             ``eta_every``, ``2 eta_every``, ..., so beta can move as far as in 300 epochs.
+        distance_mean: how the epoch's D per modality is averaged: ``"modality"`` (over the
+            samples where the modality was a student; the kit's default, and the official
+            statistic in IDT, where it divides by each modality's count in the split) or
+            ``"iteration"`` (the summed D over the number of iterations: the official
+            statistic in PDT and IDT-drop, where a modality drawn more often gets a larger
+            D and so looks like a laggard).
     """
 
     num_modalities: int
@@ -171,6 +177,7 @@ class PreferenceState:
     beta_high: float = 4.0
     warmup_epochs: int = 0
     eta_scale: float = 1.0
+    distance_mean: str = "modality"
     epoch: int = 0
     beta: torch.Tensor = field(default=None)  # type: ignore[assignment]
     omega: torch.Tensor = field(default=None)  # type: ignore[assignment]
@@ -180,6 +187,10 @@ class PreferenceState:
     iterations: int = 0
 
     def __post_init__(self) -> None:
+        if self.distance_mean not in ("modality", "iteration"):
+            raise ValueError(
+                f"distance_mean must be 'modality' or 'iteration', got {self.distance_mean!r}"
+            )
         m = self.num_modalities
         if self.beta is None:
             self.beta = torch.ones(m)
@@ -215,7 +226,9 @@ class PreferenceState:
         self.distance_sum, self.distance_count = (t.double().cpu() for t in total)
 
     def mean_distance(self) -> torch.Tensor:
-        """Epoch mean distance per modality over the samples where it was a student."""
+        """Epoch mean distance per modality (see ``distance_mean``)."""
+        if self.distance_mean == "iteration":
+            return (self.distance_sum / max(self.iterations, 1)).float()
         return (self.distance_sum / self.distance_count.clamp_min(1.0)).float()
 
     def end_epoch(self, *, update_beta: bool = True) -> dict[str, list[float]]:

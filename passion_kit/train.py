@@ -40,7 +40,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 import passion_kit
 from passion_kit.config import ExperimentConfig
 from passion_kit.data import PreparedDataset, augment_for
-from passion_kit.io import atomic_torch_save, atomic_write_text, write_csv
+from passion_kit.io import (
+    atomic_torch_save,
+    atomic_write_text,
+    check_free_space,
+    remove_stale_temps,
+    write_csv,
+)
 from passion_kit.models import Backbone, build_backbone
 from passion_kit.objectives import build_objective
 
@@ -107,15 +113,23 @@ def build_model(cfg: ExperimentConfig, num_modalities: int, num_classes: int) ->
 def build_objective_from(cfg: ExperimentConfig, num_modalities: int, num_classes: int):
     o = cfg.objective
     if o.name in ("passion", "baseline"):
+        students, epoch_distance = o.students, o.epoch_distance
+        if students == "official":  # all four in PDT (the official HEAD), else the available
+            students = "all" if cfg.data.setting == "pdt" else "available"
+        if epoch_distance == "official":  # per modality in IDT, per iteration otherwise
+            epoch_distance = "modality" if cfg.data.setting == "idt" else "iteration"
         options = dict(
             temperature=o.temperature,
             weight_sep=o.weight_sep,
             weight_pixel=o.weight_pixel,
             weight_proto=o.weight_proto,
-            students=o.students,
+            students=students,
             reduction=o.reduction,
             skip_degenerate=o.skip_degenerate,
             exclude_single_modality=o.exclude_single_modality,
+            keep_self_students=o.keep_self_students,
+            epoch_distance=epoch_distance,
+            warmup_decay=o.warmup_decay,
             track_distance=o.track_distance and o.name == "baseline",
             eta=o.eta,
             eta_factor=o.eta_factor,
@@ -317,7 +331,10 @@ def fit(cfg: ExperimentConfig, *, stop_after: int | None = None) -> Path:
         setting=cfg.data.setting,
         missing_rates=cfg.data.missing_rates if cfg.data.setting != "pdt" else None,
         augment=augment_for(
-            _description(data_root), tuple(cfg.data.patch_size), jitter=cfg.data.jitter
+            _description(data_root),
+            tuple(cfg.data.patch_size),
+            jitter=cfg.data.jitter,
+            image_fill=cfg.data.image_fill,
         ),
     )
     if len(dataset) == 0:
@@ -340,6 +357,11 @@ def fit(cfg: ExperimentConfig, *, stop_after: int | None = None) -> Path:
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
 
     files = RunFiles(Path(cfg.train.run_dir) / cfg.run_name())
+    if rank == 0:
+        remove_stale_temps(files.root)  # left by a run killed while it saved
+        # A checkpoint (weights, optimizer moments, history) is written next to the last.
+        state_bytes = sum(p.numel() * p.element_size() for p in backbone.parameters())
+        check_free_space(files.root, 2 * 4 * state_bytes + 2**24, "a checkpoint of this run")
     start_epoch, history = 0, {"epoch": [], "modality": []}
     if files.last.exists():
         start_epoch, history = _resume(files, cfg, backbone, optimizer, objective, scaler, device)
@@ -433,6 +455,8 @@ def fit(cfg: ExperimentConfig, *, stop_after: int | None = None) -> Path:
             {"epoch": epoch, "lr": lr, "time_s": round(elapsed, 3), "iterations": iterations}
             | {key: value / iterations for key, value in sums.items()}
         )
+        if rank == 0:
+            print(_epoch_line(epoch, cfg.train.epochs, history["epoch"][-1], record), flush=True)
         for i, name in enumerate(names):
             row = {"epoch": epoch, "modality": name}
             row |= {key: values[i] for key, values in record.items()}
@@ -445,6 +469,18 @@ def fit(cfg: ExperimentConfig, *, stop_after: int | None = None) -> Path:
         _check_replicas_agree(backbone)
         dist.barrier()
     return files.root
+
+
+def _epoch_line(epoch: int, epochs: int, row: dict, record: dict) -> str:
+    """One line that stays on screen per epoch: losses, seconds, and beta where it moves."""
+    terms = ", ".join(
+        f"{key} {row[key]:.3f}" for key in ("fuse", "sep", "pixel", "proto") if key in row
+    )
+    line = f"epoch {epoch + 1}/{epochs}: loss {row['loss']:.3f} ({terms}), {row['time_s']:.0f} s"
+    beta = record.get("beta")
+    if beta and any(abs(b - 1.0) > 1e-9 for b in beta):
+        line += f", beta {min(beta):.2f}-{max(beta):.2f}"
+    return line
 
 
 def _description(root: Path):
@@ -514,6 +550,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise ValueError(f"{path} is not a readable passion-kit checkpoint ({exc})") from None
     if not isinstance(state, dict) or "model" not in state or "backbone" not in state:
         raise ValueError(f"{path} is not a passion-kit checkpoint (no 'model'/'backbone' entries)")
+    missing = [k for k in ("config", "num_modalities", "num_classes") if k not in state]
+    if missing or not isinstance(state.get("config"), dict):
+        raise ValueError(
+            f"{path} is not a complete passion-kit checkpoint: no {', '.join(missing) or 'config'}"
+        )
     return state
 
 

@@ -88,7 +88,53 @@ def test_the_command_line_says_a_user_error_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "checkpoint_last.pt" in err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert main(["train", "train.lr=Infinity"]) == 1
+    assert main(["train", "train.lr=Infinity"]) == 2  # a bad argument, as argparse's
     assert "train.lr must be a finite number > 0" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):  # --debug: the exception and its traceback
         main(["--debug", "evaluate", str(tmp_path / "nowhere")])
+
+
+def test_the_official_presets_are_the_paper_presets_with_the_official_switches():
+    from passion_kit.config import OFFICIAL_SWITCHES
+    from passion_kit.train import build_objective_from
+
+    for name in ("brats2020", "myops2020"):
+        paper = ExperimentConfig.preset(f"{name}-paper").to_dict()
+        official = ExperimentConfig.preset(f"{name}-official").to_dict()
+        changed = {
+            (section, key)
+            for section in paper
+            for key in paper[section]
+            if paper[section][key] != official[section][key]
+        }
+        switches = {
+            (section, key) for section, values in OFFICIAL_SWITCHES.items() for key in values
+        }
+        assert changed <= switches and len(changed) >= len(switches) - 1  # amp is already off
+    cfg = ExperimentConfig.preset("brats2020-official")
+    by_setting = {}
+    for setting in ("idt", "idt_drop", "pdt"):
+        objective = build_objective_from(cfg.override([f"data.setting={setting}"]), 4, 4)
+        assert objective.reduction == "sum" and objective.skip_degenerate is False
+        assert objective.keep_self_students and objective.warmup_decay
+        by_setting[setting] = (objective.students, objective.state.distance_mean)
+    assert by_setting == {
+        "idt": ("available", "modality"),
+        "idt_drop": ("available", "iteration"),
+        "pdt": ("all", "iteration"),
+    }
+
+
+def test_choice_keys_name_the_key_and_the_choices():
+    cfg = ExperimentConfig.preset("cpu")
+    assert cfg.override(["data.image_fill=-1"]).data.image_fill == -1.0
+    assert cfg.override(["data.image_fill=background"]).data.image_fill == "background"
+    for item, words in [
+        ("data.image_fill=grey", "data.image_fill must be 'background' or a finite number"),
+        ("objective.students=some", "objective.students must be available, all or official"),
+        ("objective.epoch_distance=x", "objective.epoch_distance must be modality, iteration"),
+        ("eval.amp=fp8", "eval.amp must be auto, fast, off, bf16 or fp16"),
+        ("eval.hd95=mean", "eval.hd95 must be official, brats or monai"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            ExperimentConfig.preset("cpu").override([item])

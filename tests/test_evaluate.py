@@ -51,6 +51,7 @@ def test_hd95_by_hand_and_empty_set_conventions():
     assert hd95(empty, empty) == 0.0
     assert hd95(pred, empty) == 1.0 and hd95(empty, target) == 1.0  # official
     assert hd95(pred, empty, convention="brats") == 373.13
+    assert hd95(empty, target, convention="monai") == 373.13
     with pytest.raises(ValueError, match="hd95 convention"):
         hd95(pred, target, convention="nan")
 
@@ -70,7 +71,59 @@ def test_hd95_equals_monai_on_random_shapes(spacing):
             percentile=95,
             spacing=list(spacing) if spacing else None,
         )
-        assert hd95(a, b, spacing=spacing) == pytest.approx(float(expected), rel=1e-4)
+        assert hd95(a, b, spacing=spacing, convention="monai") == pytest.approx(
+            float(expected), rel=1e-4
+        )
+
+
+def _pooled_hd95_by_brute_force(a, b, spacing):
+    """medpy's definition written out: border voxels (a 6-neighbour outside the set or the
+    volume), every border-to-border distance, the 95th percentile of both directions."""
+    from scipy.spatial.distance import cdist
+
+    def border(x):
+        padded = np.pad(x, 1)
+        inner = np.ones_like(x)
+        for axis in range(3):
+            for shift in (-1, 1):
+                inner &= np.roll(padded, shift, axis)[1:-1, 1:-1, 1:-1]
+        return np.argwhere(x & ~inner) * np.asarray(spacing)
+
+    pa, pb = border(a), border(b)
+    d = cdist(pa, pb)
+    return float(np.percentile(np.concatenate((d.min(1), d.min(0))), 95))
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.0, 1.5, 2.0), (0.7, 3.0, 1.2)])
+def test_official_hd95_pools_both_directions_as_medpy(spacing):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    differs = 0
+    for trial in range(6):
+        a, b = (ndimage.gaussian_filter(rng.random((20, 22, 18)), 2.5) > 0.51 for _ in range(2))
+        if trial % 2:  # shapes that touch the volume's faces
+            a[0, :, 3:9] = True
+            b[:, -1, :5] = True
+        expected = _pooled_hd95_by_brute_force(a, b, spacing)
+        for convention in ("official", "brats"):
+            assert hd95(a, b, spacing=spacing, convention=convention) == pytest.approx(
+                expected, abs=1e-6
+            )
+        differs += abs(hd95(a, b, spacing=spacing, convention="monai") - expected) > 1e-6
+    assert differs  # the two definitions are not the same number
+
+
+def test_pooled_and_directed_hd95_by_hand():
+    # a: one voxel; b: a row of 20 voxels starting under it. d(a -> b) = 1 (one distance),
+    # d(b -> a) = sqrt(1 + k^2) for k = 0..19: pooled P95 of 21 values vs directed max P95.
+    a = np.zeros((3, 30, 3), bool)
+    b = np.zeros_like(a)
+    a[0, 0, 1] = True
+    b[1, 0:20, 1] = True
+    back = np.sqrt(1 + np.arange(20.0) ** 2)
+    assert hd95(a, b) == pytest.approx(np.percentile(np.append(back, 1.0), 95))
+    assert hd95(a, b, convention="monai") == pytest.approx(np.percentile(back, 95))
 
 
 def test_regions_and_etpro():

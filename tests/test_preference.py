@@ -171,3 +171,27 @@ def test_eta_epochs_in_the_config_scales_the_objective():
     assert build_objective_from(paper, 4, 4).state.eta_scale == 1.0
     with pytest.raises(ValueError, match="eta_epochs"):
         build_objective_from(cfg.override(["objective.eta_epochs=-1"]), 4, 4)
+
+
+def test_the_epoch_distance_per_modality_or_per_iteration():
+    """A modality drawn in 2 of 4 iterations: the same mean D, half the official PDT one."""
+    stats = {}
+    for mean in ("modality", "iteration"):
+        state = pref.PreferenceState(2, distance_mean=mean)
+        for i in range(4):
+            drawn = torch.tensor([float(i % 2 == 0), 1.0])
+            state.record(drawn * 0.8, drawn, torch.zeros(2))
+        stats[mean] = state.mean_distance().tolist()
+    assert stats["modality"] == pytest.approx([0.8, 0.8])
+    assert stats["iteration"] == pytest.approx([0.4, 0.8])
+    with pytest.raises(ValueError, match="distance_mean must be"):
+        pref.PreferenceState(2, distance_mean="sample")
+
+
+def test_epoch_distance_is_a_config_key():
+    from passion_kit.config import ExperimentConfig
+    from passion_kit.train import build_objective_from
+
+    cfg = ExperimentConfig.preset("cpu").override(["objective.epoch_distance=iteration"])
+    assert build_objective_from(cfg, 4, 4).state.distance_mean == "iteration"
+    assert build_objective_from(ExperimentConfig(), 4, 4).state.distance_mean == "modality"

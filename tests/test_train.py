@@ -183,6 +183,18 @@ def test_amp_fast_uses_bf16_only_on_a_cpu_with_bf16_units(monkeypatch):
         train.amp_dtype("fp8", cpu)
 
 
+def test_the_paper_presets_train_and_evaluate_in_fp32_as_the_official_code():
+    import passion_kit.train as train
+    from passion_kit.config import PRESETS, ExperimentConfig
+
+    for name in PRESETS:
+        cfg = ExperimentConfig.preset(name)
+        if name.endswith("-paper"):
+            assert (cfg.train.amp, cfg.eval.amp) == ("off", "off"), name
+            assert train.amp_dtype(cfg.train.amp, torch.device("cuda")) is None
+    assert ExperimentConfig.preset("cpu").eval.amp == "fast"
+
+
 def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path):
     import passion_kit.train as train
 

@@ -7,7 +7,7 @@ Raw layouts found under ``raw_root`` (searched recursively, so either root works
 - Kaggle: ``BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/BraTS20_Training_001/
   BraTS20_Training_001_flair.nii`` (uncompressed); case 355's label is misnamed
   ``W39_1998.09.19_Segm.nii``: a folder without ``_seg`` but with exactly one other NIfTI
-  uses that file as its label.
+  whose name holds "seg" uses that file as its label (any other is refused as missing).
 
 Case ids are the official list names (``HG_BraTS20_Training_001``; ``HG_`` if the case
 number is <= 259 or >= 336, else ``LG_``), so the shipped split files apply unchanged.
@@ -118,10 +118,11 @@ def find_brats_cases(
             p = _find_nifti(folder, f"{folder.name}_{suffix}")
             files[mod] = str(p) if p else None
         label = _find_nifti(folder, f"{folder.name}_seg")
-        if label is None:  # Kaggle's case 355: the one unrecognised NIfTI is the label
+        if label is None:  # Kaggle's case 355: the one unrecognised "...Segm" NIfTI
             known = {f"{folder.name}_{s}{e}" for s in stems for e in _NII}
             other = sorted(n for n in names if n.endswith(_NII) and n not in known)
-            label = folder / other[0] if len(other) == 1 else None
+            # Only a file named as a segmentation: a brain mask must not become the label.
+            label = folder / other[0] if len(other) == 1 and "seg" in other[0].lower() else None
         files["label"] = str(label) if label else None
         cid = brats2020_case_id(folder.name)
         sources.append(BratsSource(cid, str(folder), files, crop_mode))
@@ -198,8 +199,11 @@ def _prepare_rfnet(source: RfnetSource) -> PreparedCase:
         raise ValueError(
             f"{source.vol}: expected (H, W, D, {m}) in [FLAIR, T1c, T1, T2], got {vol.shape}"
         )
-    if not np.isfinite(vol).all():
-        raise ValueError(f"{source.vol}: image contains NaN or infinite values")
+    check_image(vol, source.vol)
+    for c, name in enumerate(BRATS2020.modalities.modalities):
+        low, high = float(vol[..., c].min()), float(vol[..., c].max())
+        if low == high:
+            raise ValueError(f"{source.vol}: channel {name} is constant ({low}), not an MRI volume")
     if not Path(source.seg).is_file():
         raise FileNotFoundError(f"{source.seg}: missing label file")
     seg = np.load(source.seg)

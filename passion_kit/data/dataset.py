@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from passion_kit.data.description import DatasetDescription, load_description
-from passion_kit.data.prepared import case_dir, list_cases, read_case_ids
+from passion_kit.data.prepared import _load_array, case_dir, list_cases, read_case_ids
 from passion_kit.data.splits import MissingRateSplit, read_split
 from passion_kit.data.transforms import TrainAugment
 
@@ -104,7 +105,8 @@ class PreparedDataset(Dataset):
             self.case_ids = read_case_ids(_split_file(self.root, split))
         else:
             self.case_ids = list(split)
-        missing = sorted(set(self.case_ids) - set(list_cases(self.root)))
+        prepared = set(list_cases(self.root))
+        missing = sorted(set(self.case_ids) - prepared)
         if missing:
             raise FileNotFoundError(
                 f"{self.root / 'cases'}: {len(missing)} case(s) of the split are not prepared, "
@@ -118,11 +120,20 @@ class PreparedDataset(Dataset):
         elif missing_rates is not None:
             self.split = load_split(self.root, missing_rates)
         if self.split is not None:
+            where = (
+                f"the missing-rate split {missing_rates}"
+                if isinstance(missing_rates, str | os.PathLike)
+                else "the missing-rate split"
+            )
             absent = sorted(set(self.case_ids) - set(self.split.case_ids))
             if absent:
-                raise ValueError(
-                    f"{len(absent)} case(s) have no row in the missing-rate split, "
-                    f"e.g. {absent[:3]}"
+                raise ValueError(f"{len(absent)} case(s) have no row in {where}, e.g. {absent[:3]}")
+            unknown = sorted(set(self.split.case_ids) - prepared)
+            if unknown:
+                warnings.warn(
+                    f"{where} has rows for {len(unknown)} case(s) that {self.root} does not "
+                    f"hold, e.g. {unknown[:3]} (ignored); is it the split of another dataset?",
+                    stacklevel=2,
                 )
         self._background = [self._read_background(c) for c in self.case_ids]
 
@@ -151,8 +162,8 @@ class PreparedDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         case_id = self.case_ids[index]
         d = case_dir(self.root, case_id)
-        image = np.load(d / "image.npy", mmap_mode="r")
-        label = np.load(d / "label.npy", mmap_mode="r")
+        image = _load_array(d / "image.npy", "r")
+        label = _load_array(d / "label.npy", "r")
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
         ms = self.description.modalities
         if self.setting == "pdt":
@@ -175,6 +186,13 @@ class PreparedDataset(Dataset):
             label = np.array(label, dtype=np.int64)
         if self.setting in ("idt", "idt_drop"):
             image[~np.array(mask)] = 0.0
+        classes = len(self.description.classes)
+        if label.size and (label.min() < 0 or label.max() >= classes):
+            raise ValueError(
+                f"case {case_id} ({d / 'label.npy'}): label values "
+                f"{[int(v) for v in np.unique(label)[:8]]} "
+                f"outside the dataset's classes 0..{classes - 1}"
+            )
         return {
             "image": torch.from_numpy(image),
             "label": torch.from_numpy(label),

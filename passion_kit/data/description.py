@@ -26,6 +26,7 @@ from typing import Any
 
 from passion_kit.data.modalities import BRATS, MYOPS, ModalitySet
 from passion_kit.data.prepared import atomic_write_text
+from passion_kit.io import read_text
 
 __all__ = [
     "BRATS2020",
@@ -195,7 +196,7 @@ def load_description(root: str | os.PathLike) -> DatasetDescription:
             f"{path}: no dataset.json; prepare the dataset first (see data_scripts/)"
         )
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(read_text(path, "a dataset.json"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON: {exc}") from exc
     return DatasetDescription.from_json(obj, origin=str(path))

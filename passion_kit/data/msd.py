@@ -69,6 +69,37 @@ SPLIT_FRACTIONS = (0.6, 0.1, 0.3)  # train, val, test: close to BraTS2020's 219/
 SPLIT_SEED = 1037
 
 
+# The keys MONAI's DecathlonDataset reads from an MSD dataset.json (it raises a bare
+# KeyError for a missing one).
+MSD_JSON_KEYS = (
+    "name",
+    "description",
+    "reference",
+    "licence",
+    "tensorImageSize",
+    "modality",
+    "labels",
+    "numTraining",
+    "numTest",
+    "training",
+)
+
+
+def _check_msd_json(path: Path) -> None:
+    """Refuse an MSD dataset.json that is not JSON or lacks a key, naming the file."""
+    import json
+
+    from passion_kit.io import read_text
+
+    try:
+        obj = json.loads(read_text(path, "an MSD dataset.json"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    missing = [k for k in MSD_JSON_KEYS if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise ValueError(f"{path}: an MSD dataset.json needs the keys {', '.join(missing)}")
+
+
 def mapping_tables_markdown() -> str:
     """The two MSD mapping tables as Markdown (the text ``docs/data.md`` must contain)."""
     lines = ["| MSD channel | MSD name | kit channel | kit name |", "|---|---|---|---|"]
@@ -130,6 +161,7 @@ def find_msd_cases(
             f"{root / MSD_TASK / 'dataset.json'}: not found; pass download=True (--download) "
             f"or point root at the folder holding {MSD_TASK}"
         )
+    _check_msd_json(root / MSD_TASK / "dataset.json")
     from monai.apps import DecathlonDataset  # heavy import, only needed here
 
     ds = DecathlonDataset(root, MSD_TASK, "training", val_frac=0.0, cache_rate=0.0, progress=False)

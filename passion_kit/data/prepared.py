@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from passion_kit.io import TMP_PREFIX, atomic_write_text, umask
+from passion_kit.io import TMP_PREFIX, atomic_write_text, read_text, umask
 
 __all__ = [
     "CASES",
@@ -65,6 +65,10 @@ class PreparedCase:
 
 
 def case_dir(root: str | os.PathLike, case_id: str) -> Path:
+    """``<root>/cases/<case_id>``; a case id must be a plain folder name."""
+    case_id = str(case_id)
+    if not case_id or case_id in (".", "..") or any(c in case_id for c in "/\\\0"):
+        raise ValueError(f"case id {case_id!r} must be a plain folder name (no path parts)")
     return Path(root) / CASES / case_id
 
 
@@ -111,8 +115,7 @@ def read_case(
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such prepared case")
     mode = "r" if mmap else None
-    image = np.load(d / "image.npy", mmap_mode=mode)
-    label = np.load(d / "label.npy", mmap_mode=mode)
+    image, label = (_load_array(d / name, mode) for name in ("image.npy", "label.npy"))
     meta = json.loads((d / "meta.json").read_text())
     return image, label, meta
 
@@ -130,11 +133,23 @@ def read_case_ids(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: case list not found")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.strip() for line in read_text(path, "a case list").splitlines() if line.strip()]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise ValueError(f"{path}: duplicate case ids {dup[:5]}")
     return ids
+
+
+def _load_array(path: Path, mode: str | None) -> np.ndarray:
+    """``np.load`` with an error that names the file (truncated, foreign or pickled)."""
+    try:
+        return np.load(path, mmap_mode=mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing; prepare the case again") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(
+            f"{path}: not a readable .npy array ({exc}); prepare the case again"
+        ) from None
 
 
 def write_case_ids(path: str | os.PathLike, ids: Iterable[str]) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 from passion_kit.data.description import BRATS2020, DatasetDescription
 from passion_kit.data.modalities import ModalitySet
 from passion_kit.data.prepared import atomic_write_text, read_case_ids
+from passion_kit.io import read_text
 
 __all__ = [
     "FORMATS",
@@ -295,7 +296,7 @@ def read_split(path: str | os.PathLike, modalities: ModalitySet) -> MissingRateS
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: split file not found")
-    rows = list(csv.reader(io.StringIO(path.read_text())))
+    rows = list(csv.reader(io.StringIO(read_text(path, "a split CSV"))))
     if not rows:
         raise ValueError(f"{path}: empty file")
     header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]

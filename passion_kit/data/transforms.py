@@ -7,9 +7,10 @@ angle in one random plane (nearest neighbour, so labels stay labels), intensity 
 Differences from the official code, each a documented option:
 
 - The rotation fills the image with each channel's background value (the constant
-  ``-mean/std`` of the prepared case) and the label with 0, instead of -1 for both (the
-  official -1 is not background, and -1 cast to uint8 depends on the scipy version).
-  ``image_fill=-1.0`` restores the official behaviour.
+  ``-mean/std`` of the prepared case) instead of the official -1, which is not
+  background. The label is filled with 0, as in effect in the official code: it asks
+  for -1, which scipy clamps to 0 for its uint8 labels. ``image_fill=-1.0``
+  (``data.image_fill=-1``) restores the official image fill.
 - ``jitter="official"`` draws scale and shift per channel *and per index of the first
   spatial axis* (an RFNet quirk); ``jitter="channel"`` draws one scalar per channel.
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "Conv3d",
     "ConvNormAct",
     "MaskedModalityConv",
     "SkipDecoder",
@@ -22,6 +23,49 @@ Kernel = int | tuple[int, int, int]
 
 def as_kernel(kernel: Kernel) -> tuple[int, int, int]:
     return (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
+
+
+class _ReflectPad1(torch.autograd.Function):
+    """Reflect padding of width 1 on the axes in ``axes``, with a fast backward.
+
+    The forward is ``F.pad(..., mode="reflect")``; the backward folds the border rows
+    back onto the rows they mirror with slices, several times faster on CPU than the
+    native ``reflection_pad3d_backward`` (the same sums, added in another order).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+        ctx.axes = axes
+        pad: list[int] = []
+        for axis in range(x.dim() - 1, 1, -1):  # F.pad lists the last axis first
+            pad += [1, 1] if axis in axes else [0, 0]
+        return F.pad(x, pad, mode="reflect")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        for axis in ctx.axes:
+            n = grad.shape[axis] - 2
+            inner = grad.narrow(axis, 1, n).clone()
+            inner.narrow(axis, 1, 1).add_(grad.narrow(axis, 0, 1))
+            inner.narrow(axis, n - 2, 1).add_(grad.narrow(axis, n + 1, 1))
+            grad = inner
+        return grad, None
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` whose reflect padding of width 1 has a fast backward (same values).
+
+    The parameters and their names are ``nn.Conv3d``'s, so checkpoints are unchanged.
+    """
+
+    def _conv_forward(self, x, weight, bias):
+        pads = self._reversed_padding_repeated_twice  # (last axis left, right, ...)
+        if self.padding_mode == "reflect" and set(pads) <= {0, 1} and x.dim() == 5:
+            axes = tuple(2 + i for i, p in enumerate(reversed(pads[::2])) if p == 1)
+            if axes and all(x.shape[a] >= 3 for a in axes):
+                x = _ReflectPad1.apply(x, axes)
+                return F.conv3d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return super()._conv_forward(x, weight, bias)
 
 
 class ConvNormAct(nn.Sequential):
@@ -40,7 +84,7 @@ class ConvNormAct(nn.Sequential):
     ) -> None:
         k = as_kernel(kernel)
         super().__init__(
-            nn.Conv3d(
+            Conv3d(
                 in_ch,
                 out_ch,
                 k,
@@ -101,10 +145,50 @@ def kaiming_init(module: nn.Module) -> None:
 
 
 def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Trilinear upsampling with ``align_corners=True`` (as in the official code)."""
-    if tuple(x.shape[2:]) == tuple(size):
+    """Trilinear interpolation with ``align_corners=True`` (as in the official code).
+
+    Trilinear interpolation is separable: it is computed as a matrix product along each
+    axis, in fp32 whatever the autocast dtype, and returned in ``x``'s dtype. The values
+    are ``F.interpolate``'s to float rounding (tested); forward and backward are about
+    5 times faster on CPU than the native kernels.
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[2:]) == size:
         return x
-    return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=True)
+    if x.dim() != 5:
+        return F.interpolate(x, size=size, mode="trilinear", align_corners=True)
+    with torch.autocast(x.device.type, enabled=False):
+        y = x.float()
+        b, c = y.shape[:2]
+        for axis, n_out in zip((4, 3, 2), reversed(size), strict=True):
+            n_in = y.shape[axis]
+            if n_in == n_out:
+                continue
+            a = _interpolation_matrix(n_in, n_out, y.device)  # (n_out, n_in)
+            moved = y.movedim(axis, -1)
+            y = torch.matmul(moved, a.t()).movedim(-1, axis)
+        return y.to(x.dtype).contiguous()
+
+
+_MATRICES: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _interpolation_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D linear interpolation with ``align_corners=True``."""
+    key = (n_in, n_out, str(device))
+    if key not in _MATRICES:
+        a = torch.zeros(n_out, n_in, dtype=torch.float64)
+        if n_in == 1 or n_out == 1:
+            a[:, 0] = 1.0
+        else:
+            pos = torch.arange(n_out, dtype=torch.float64) * (n_in - 1) / (n_out - 1)
+            lo = pos.floor().long().clamp(max=n_in - 2)
+            frac = pos - lo
+            rows = torch.arange(n_out)
+            a[rows, lo] = 1.0 - frac
+            a[rows, lo + 1] += frac
+        _MATRICES[key] = a.float().to(device)
+    return _MATRICES[key]
 
 
 class SkipDecoder(nn.Module):

@@ -55,7 +55,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from passion_kit.models.base import Backbone, Features, FusionOut, expand_rows, rows_per_sample
-from passion_kit.models.blocks import Kernel, MaskedModalityConv, SkipDecoder, as_kernel, upsample
+from passion_kit.models.blocks import (
+    Conv3d,
+    Kernel,
+    MaskedModalityConv,
+    SkipDecoder,
+    as_kernel,
+    upsample,
+)
 from passion_kit.models.transformer import TransformerLayer
 
 __all__ = ["MMFormer", "TOKEN_LAYOUTS", "tokens_to_grid"]
@@ -78,7 +85,7 @@ class PreNormConv(nn.Sequential):
         super().__init__(
             nn.InstanceNorm3d(in_ch),
             nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv3d(
+            Conv3d(
                 in_ch,
                 out_ch,
                 kernel,
@@ -116,7 +123,7 @@ class Encoder(nn.Module):
     def __init__(self, width: int, kernel: tuple[int, int, int]) -> None:
         super().__init__()
         chans = [width * 2**i for i in range(LEVELS)]
-        self.stem = nn.Conv3d(
+        self.stem = Conv3d(
             1, width, kernel, padding=tuple(k // 2 for k in kernel), padding_mode="reflect"
         )
         self.downs = nn.ModuleList(

@@ -63,6 +63,21 @@ class PassionObjective:
         reduction: ``"mean"`` (default) or ``"sum"`` (official) over the batch.
         skip_degenerate: fix for NaN preferences from single-student samples (G.2).
         exclude_single_modality: leave single-modality samples out of the epoch D (G.3).
+        warmup_decay: during warm-up, give every parameter the loss does not reach a zero
+            gradient, so the optimizer still updates it: weight decay, and with Adam's
+            coupled decay a moment-driven step (the official code multiplies the fusion
+            terms by 0, which has this effect). Off by default: the kit leaves the fusion
+            parameters untouched during warm-up (it matters for ``myops2020-paper``, 20
+            warm-up epochs with Adam).
+        epoch_distance: ``"modality"`` or ``"iteration"``: how the epoch's D is averaged
+            (:class:`~passion_kit.preference.PreferenceState` ``distance_mean``).
+        keep_self_students: also compute and back-propagate the terms of a single-modality
+            sample's student, whose mask is the teacher's (the official code does). Its KL
+            value and D are 0 here, but the KL's gradient is not where the clamp at 0.005
+            cuts a teacher probability; off by default, as a student equal to its teacher
+            teaches nothing (on mmFormer and M2FTrans the official student is a separate
+            pass with its own dropout, so its KL and D there are dropout noise; the kit's
+            rows share the teacher's dropout mask, so they stay 0).
         track_distance: for the baseline only, also measure each student's distance D
             (without gradient) so preference dynamics can be compared.
         eta, eta_factor, eta_every, beta_range, warmup_epochs: the beta schedule (spec E).
@@ -85,6 +100,9 @@ class PassionObjective:
         reduction: Literal["mean", "sum"] = "mean",
         skip_degenerate: bool = True,
         exclude_single_modality: bool = False,
+        keep_self_students: bool = False,
+        epoch_distance: Literal["modality", "iteration"] = "modality",
+        warmup_decay: bool = False,
         track_distance: bool = False,
         eta: float = 0.01,
         eta_factor: float = 1.5,
@@ -114,6 +132,8 @@ class PassionObjective:
         self.reduction = reduction
         self.skip_degenerate = skip_degenerate
         self.exclude_single_modality = exclude_single_modality
+        self.keep_self_students = keep_self_students
+        self.warmup_decay = warmup_decay
         self.track_distance = track_distance
         # Set by the trainer under DDP: sums a (M,) tensor over ranks, so the per-iteration
         # preference and gate are those of the global batch.
@@ -127,6 +147,7 @@ class PassionObjective:
             beta_high=beta_range[1],
             warmup_epochs=warmup_epochs,
             eta_scale=eta_scale,
+            distance_mean=epoch_distance,
         )
         if omega is not None:
             self.set_omega(omega)
@@ -136,6 +157,13 @@ class PassionObjective:
         if omega.shape != (self.num_modalities,):
             raise ValueError(f"omega must be ({self.num_modalities},), got {tuple(omega.shape)}")
         self.state.omega = omega.clone()
+
+    def after_backward(self, backbone: Backbone) -> None:
+        """With ``warmup_decay``, during warm-up: zero gradients where the loss has none."""
+        if self.warmup_decay and self.state.in_warmup:
+            for p in backbone.parameters():
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
 
     def end_epoch(self) -> dict[str, list[float]]:
         """Close the epoch (beta update with PASSION on); returns the per-modality record."""
@@ -228,19 +256,19 @@ class PassionObjective:
             per_modality={k: v.detach().cpu() for k, v in per_mod.items()},
         )
 
-    @staticmethod
-    def _real_students(mask: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """(B, M): modality m is a student of sample n that is not the teacher itself.
+    def _real_students(self, mask: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """(B, M): modality m is a student of sample n whose terms count.
 
         A single-modality sample's student has the teacher's mask: it is the teacher, and
-        its terms are exactly 0 (the official code computes them and gets 0).
+        it is left out unless ``keep_self_students``.
         """
+        if self.keep_self_students:
+            return a
         return a & ~((mask.sum(1, keepdim=True) == 1) & mask)
 
-    @classmethod
-    def _student_modalities(cls, mask: torch.Tensor, a: torch.Tensor) -> list[int]:
-        """Modalities that are a real student (not the teacher itself) for some sample."""
-        return [int(i) for i in torch.nonzero(cls._real_students(mask, a).any(0)).flatten()]
+    def _student_modalities(self, mask: torch.Tensor, a: torch.Tensor) -> list[int]:
+        """Modalities that are a counted student for some sample."""
+        return [int(i) for i in torch.nonzero(self._real_students(mask, a).any(0)).flatten()]
 
     def _student_losses(
         self,

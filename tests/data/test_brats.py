@@ -181,3 +181,34 @@ def test_rfnet_npy_layout_is_imported(tmp_path):
     with pytest.raises(PreparationError, match=r"unexpected label values \[4\]"):
         prepare_brats2020(out, rfnet_root=src, progress=False)
     assert json.loads((out / "dataset.json").read_text())["name"] == "brats2020"
+
+
+def test_a_constant_rfnet_volume_is_refused_naming_the_file_and_channel(tmp_path):
+    src = tmp_path / "npy"
+    (src / "vol").mkdir(parents=True)
+    (src / "seg").mkdir()
+    rng = np.random.default_rng(0)
+    seg = rng.integers(0, 4, (10, 9, 8)).astype(np.uint8)
+    np.save(src / "seg" / "HG_BraTS20_Training_001_seg.npy", seg)
+    for volume, words in [
+        (np.zeros((10, 9, 8, 4), np.float32), "image is empty"),
+        (
+            np.concatenate([rng.standard_normal((10, 9, 8, 3)), np.full((10, 9, 8, 1), 2.0)], -1),
+            None,
+        ),
+    ]:
+        vol = np.asarray(volume, np.float32)
+        np.save(src / "vol" / "HG_BraTS20_Training_001_vol.npy", vol)
+        match = words or r"001_vol.npy: channel t2 is constant \(2.0\), not an MRI volume"
+        with pytest.raises(PreparationError, match=match):
+            prepare_brats2020(tmp_path / "out", rfnet_root=src, progress=False)
+
+
+def test_a_brain_mask_is_not_taken_for_the_missing_label(tmp_path):
+    root = tmp_path / "raw"
+    folder = write_brats_case(root, 7)
+    (folder / f"{folder.name}_seg.nii.gz").rename(folder / f"{folder.name}_brainmask.nii.gz")
+    sources = find_brats_cases(root)
+    assert sources[0].files["label"] is None
+    with pytest.raises(PreparationError, match=r"missing label file"):
+        prepare_brats2020(tmp_path / "out", raw_root=root, progress=False)

@@ -82,8 +82,10 @@ def test_make_phantom_report(tmp_path, capsys):
     again = ["--out", str(out), "--cases", "4", "--size", "64", "--quiet"]
     assert load_script("make_phantom").main(again) == 0
     assert "0 new case(s), 4 already there" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="not phantom {'size': 32"):  # the default size
-        load_script("make_phantom").main(["--out", str(out), "--cases", "4", "--quiet"])
+    # the default size is another phantom: one error line, exit status 1
+    assert load_script("make_phantom").main(["--out", str(out), "--cases", "4", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "not phantom {'size': 32" in err[0]
 
 
 def test_prepare_brats_script(make_brats_official, tmp_path, capsys):

@@ -225,3 +225,86 @@ def test_baseline_tracking_skips_a_batch_without_students(net):
         hook.remove()
     assert len(calls) == 1  # the teacher's pass only
     assert (result.per_modality["distance"] == 0).all()
+
+
+def test_keep_self_students_backpropagates_the_clamped_self_distillation(net):
+    """A single-modality sample's self-student: value 0, gradient only through the clamp."""
+    import copy
+
+    batch = _batch([[False, True, False, False]])
+
+    def grads(model, **options):
+        objective = build_objective("passion", num_modalities=4, num_classes=4, **options)
+        model.zero_grad(set_to_none=True)
+        result = objective(batch, model)
+        result.loss.backward()
+        return result, [p.grad.clone() for p in model.decoder.parameters() if p.grad is not None]
+
+    def self_student_effect(model):
+        """Largest gradient change of the self-student's terms, relative to the gradient."""
+        kept, g_kept = grads(model, keep_self_students=True)
+        # the same two-row pass without the self-student's terms
+        _, g_off = grads(model, keep_self_students=True, weight_pixel=0.0, weight_proto=0.0)
+        scale = max(float(g.abs().max()) for g in g_off)
+        return kept, max(
+            float((a - b).abs().max()) for a, b in zip(g_kept, g_off, strict=True)
+        ) / scale
+
+    default, _ = grads(net)
+    assert default.terms["pixel"] == 0 and default.terms["proto"] == 0
+    kept, plain = self_student_effect(net)
+    assert kept.terms["pixel"] == pytest.approx(0.0, abs=1e-6)  # student == teacher
+    assert kept.per_modality["distance"][1] == pytest.approx(0.0, abs=1e-6)
+    assert plain < 1e-6  # an unsure network: no probability under the clamp, no gradient
+    confident = copy.deepcopy(net)
+    with torch.no_grad():  # large logits: teacher probabilities at T=4 fall below 0.005
+        for head in [confident.decoder.seg, *[p.head[-1] for p in confident.decoder.prm]]:
+            head.weight.mul_(300.0)
+    kept, effect = self_student_effect(confident)
+    assert kept.terms["pixel"] == pytest.approx(0.0, abs=1e-5)
+    print(f"self-student gradient change: unsure {plain:.2e}, confident {effect:.2e}")
+    assert effect > 1e-3  # the clamp cuts the teacher's small probabilities: a gradient
+
+
+def test_keep_self_students_changes_nothing_where_every_student_is_real(net):
+    batch = _batch([[True, True, False, True]])
+    off = build_objective("passion", num_modalities=4, num_classes=4)(batch, net)
+    on = build_objective("passion", num_modalities=4, num_classes=4, keep_self_students=True)(
+        batch, net
+    )
+    assert on.terms == pytest.approx(off.terms, rel=1e-6)
+
+
+def test_keep_self_students_is_a_config_key():
+    from passion_kit.config import ExperimentConfig
+    from passion_kit.train import build_objective_from
+
+    cfg = ExperimentConfig.preset("cpu")
+    assert build_objective_from(cfg, 4, 4).keep_self_students is False
+    cfg = cfg.override(["objective.keep_self_students=true"])
+    assert build_objective_from(cfg, 4, 4).keep_self_students is True
+
+
+@pytest.mark.parametrize("warmup_decay", [False, True])
+def test_warmup_decay_lets_the_optimizer_decay_the_fusion_parameters(net, warmup_decay):
+    import copy
+
+    model = copy.deepcopy(net)
+    objective = build_objective(
+        "passion", num_modalities=4, num_classes=4, warmup_epochs=1, warmup_decay=warmup_decay
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    before = model.decoder.seg.weight.detach().clone()
+    model.zero_grad(set_to_none=True)
+    objective(_batch([[True, True, False, True]]), model).loss.backward()
+    objective.after_backward(model)
+    optimizer.step()
+    after = model.decoder.seg.weight.detach()
+    if warmup_decay:  # zero gradient: only the decoupled decay moves the weight
+        torch.testing.assert_close(after, before * (1 - 1e-3 * 0.1))
+    else:
+        assert torch.equal(after, before)
+    encoder_moved = not torch.equal(
+        model.encoders[0].stages[0][0][0].weight, net.encoders[0].stages[0][0][0].weight
+    )
+    assert encoder_moved  # the unimodal path trains either way

@@ -1,0 +1,66 @@
+"""The fast reflect-padded convolution and trilinear upsampling equal the native ops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from passion_kit.models.blocks import Conv3d, upsample
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel"),
+    [((2, 3, 7, 6, 5), 3), ((1, 4, 9, 8, 3), (3, 3, 1)), ((2, 2, 5, 4, 6), (1, 3, 3))],
+)
+def test_reflect_conv_equals_the_native_one_with_its_gradients(shape, kernel):
+    torch.manual_seed(0)
+    k = (kernel,) * 3 if isinstance(kernel, int) else kernel
+    pad = tuple(s // 2 for s in k)
+    ours = Conv3d(shape[1], 5, k, padding=pad, padding_mode="reflect").double()
+    native = nn.Conv3d(shape[1], 5, k, padding=pad, padding_mode="reflect").double()
+    native.load_state_dict(ours.state_dict())  # the same parameters and names
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y, y_native = ours(x), native(x)
+    torch.testing.assert_close(y, y_native, rtol=0, atol=1e-12)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    (gx_native,) = torch.autograd.grad(y_native, x, g)
+    torch.testing.assert_close(gx, gx_native, rtol=0, atol=1e-12)
+    gw = torch.autograd.grad(ours(x), ours.weight, g)[0]
+    gw_native = torch.autograd.grad(native(x), native.weight, g)[0]
+    torch.testing.assert_close(gw, gw_native, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [
+        ((2, 3, 4, 4, 4), (8, 8, 8)),
+        ((1, 2, 5, 3, 1), (10, 6, 1)),  # an axis of 1 stays (MyoPS slices)
+        ((1, 2, 1, 3, 4), (3, 7, 9)),  # an axis of 1 is broadcast
+        ((1, 2, 6, 6, 6), (6, 11, 13)),
+    ],
+)
+def test_upsample_equals_trilinear_interpolation_with_its_gradient(shape, size):
+    torch.manual_seed(1)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = upsample(x, size)
+    y_native = F.interpolate(x, size=size, mode="trilinear", align_corners=True)
+    assert y.dtype == x.dtype and y.shape == y_native.shape
+    torch.testing.assert_close(y, y_native, rtol=1e-6, atol=1e-6)  # fp32 inside
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    (gx_native,) = torch.autograd.grad(y_native, x, g)
+    torch.testing.assert_close(gx, gx_native, rtol=1e-5, atol=1e-5)
+
+
+def test_upsample_keeps_a_bf16_input_bf16_and_computes_in_fp32():
+    x = torch.randn(1, 2, 4, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = upsample(x.bfloat16(), (8, 8, 8))
+    assert y.dtype == torch.bfloat16
+    native = F.interpolate(
+        x.bfloat16().float(), size=(8, 8, 8), mode="trilinear", align_corners=True
+    )
+    torch.testing.assert_close(y.float(), native.bfloat16().float(), rtol=0, atol=2e-2)
