@@ -188,12 +188,19 @@ def _versions() -> dict[str, str]:
 
 
 def _config_differences(a: dict, b: dict) -> list[str]:
+    """Keys whose values differ; a key ``a`` lacks (a run from an earlier kit) counts as
+    its default, which is what that kit did."""
+    try:
+        a = ExperimentConfig.from_dict(a, source="checkpoint").to_dict()
+    except ValueError:
+        pass  # a key this kit does not know: compare as stored
     keys = []
     for section in a.keys() | b.keys():
         for key in a.get(section, {}).keys() | b.get(section, {}).keys():
             if a.get(section, {}).get(key) != b.get(section, {}).get(key):
                 keys.append(f"{section}.{key}")
-    return sorted(set(keys) - RESUMABLE_CHANGES)
+    # eval.* only says how the finished run is evaluated: free to change on resumption.
+    return sorted(k for k in set(keys) - RESUMABLE_CHANGES if not k.startswith("eval."))
 
 
 class _Step(nn.Module):

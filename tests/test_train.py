@@ -233,3 +233,16 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     assert not marker.exists()
     torch.load(bad, weights_only=False)  # the payload is real: an unsafe load runs it
     assert marker.exists()
+
+
+def test_a_run_from_an_earlier_kit_resumes_when_a_new_key_has_its_default():
+    from passion_kit.config import ExperimentConfig
+    from passion_kit.train import _config_differences
+
+    cfg = ExperimentConfig.preset("cpu").to_dict()
+    older = json.loads(json.dumps(cfg))
+    del older["objective"]["keep_self_students"], older["data"]["image_fill"]
+    del older["eval"]["amp"]  # (evaluation settings never block a resumption)
+    assert _config_differences(older, cfg) == []
+    older["objective"]["temperature"] = 2.0
+    assert _config_differences(older, cfg) == ["objective.temperature"]
