@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -123,8 +124,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(paths["markdown"].read_text())
     for name, path in paths.items():
-        print(f"{name}: {path}")
+        print(f"{name}: {_shown(path)}")
     return 0
+
+
+def _shown(path) -> str:
+    """A path as the user would type it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _explorer_checkpoint(args: argparse.Namespace) -> int:
@@ -192,8 +201,16 @@ def _reproduce(args: argparse.Namespace) -> int:
             print(format_effect(pd.read_csv(paths[stem])))
     print(f"finished in {time.perf_counter() - started:.0f} s")
     for name, path in paths.items():
-        print(f"{name}: {path}")
+        print(f"{name}: {_shown(path)}")
     return 0
+
+
+def _shown(path) -> str:
+    """A path as the user would type it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _literal(text: str):

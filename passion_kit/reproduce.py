@@ -189,7 +189,16 @@ def execute_notebook(notebook, output, parameters: dict, **kwargs):
     manager = kernel_manager_class()
     if manager is not None:
         kwargs.setdefault("kernel_manager_class", manager)
-    return pm.execute_notebook(str(notebook), str(output), parameters=parameters, **kwargs)
+    # Absolute paths: papermill changes the process's working folder while a notebook
+    # runs (``cwd``), which other threads of a parallel grid would otherwise follow.
+    if kwargs.get("cwd") is not None:
+        kwargs["cwd"] = str(Path(kwargs["cwd"]).resolve())
+    return pm.execute_notebook(
+        str(Path(notebook).resolve()),
+        str(Path(output).resolve()),
+        parameters=parameters,
+        **kwargs,
+    )
 
 
 def _summary(out: Path, name: str) -> Path:
@@ -232,14 +241,17 @@ def reproduce(
         grid = GRIDS[grid]
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    notebook = Path(notebook)
+    # Absolute paths throughout: each notebook runs with the process's working folder
+    # changed to its own (papermill), and the points of a parallel grid overlap.
+    notebook = Path(notebook).resolve()
     if not notebook.is_file():
         raise FileNotFoundError(
             f"{notebook} not found: reproduce runs the notebooks of a source checkout "
             f"(git clone, then pip install -e .)"
         )
-    out = Path(out)
+    out = Path(out).resolve()
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
+    start_dir = os.getcwd()
     points = grid_points(grid)
     todo = []
     for i, params in enumerate(points, 1):
@@ -290,9 +302,13 @@ def reproduce(
         # The longer points first (a baseline is the cheapest objective), so that the last
         # ones to finish are short and run side by side.
         todo.sort(key=lambda item: item[1].get("objective") == "baseline")
-        with ThreadPoolExecutor(jobs) as pool:
-            for future in [pool.submit(run, item) for item in todo]:
-                future.result()  # the first failure stops the grid with its error
+        try:
+            with ThreadPoolExecutor(jobs) as pool:
+                for future in [pool.submit(run, item) for item in todo]:
+                    future.result()  # the first failure stops the grid with its error
+        finally:
+            # Overlapping notebooks restore each other's working folder out of order.
+            os.chdir(start_dir)
     return gather(out, points)
 
 

@@ -234,3 +234,41 @@ def test_a_cpu_grid_runs_one_point_more_than_cores_single_threaded_longest_first
     assert {threads for _, threads in started} == {1}
     objectives = [name.split("_")[2] for name, _ in started]
     assert objectives[:3] == ["passion"] * 3 and sorted(objectives[3:]) == ["baseline"] * 3
+
+
+def test_parallel_points_survive_the_working_folder_papermill_changes(tmp_path, monkeypatch):
+    """papermill changes the process's working folder per notebook; threads share it."""
+    from pathlib import Path
+
+    import pandas as pd
+    import papermill as pm
+
+    import passion_kit.reproduce as rep
+
+    seen = {}
+
+    def fake_pm(notebook, output, parameters=None, **kwargs):
+        seen.setdefault("paths", []).append((notebook, output, kwargs.get("cwd")))
+        os.chdir(kwargs["cwd"])  # as papermill does, and a sibling thread restores late
+        folder = Path(parameters["run_dir"]) / parameters["name"] / "eval" / "test"
+        folder.mkdir(parents=True)
+        pd.DataFrame({"combination": ["t1", "mean"], "dice_WT": [0.5, 0.5]}).to_csv(
+            folder / "summary.csv", index=False
+        )
+        history = {"epoch": [0], "modality": ["t1"], "beta": [1.0]}
+        pd.DataFrame(history).to_csv(folder.parents[1] / "history_modality.csv", index=False)
+        Path(output).write_text("{}")
+
+    monkeypatch.setattr(pm, "execute_notebook", fake_pm)
+    monkeypatch.setattr(rep, "_prepare_data", lambda todo, notebook: None)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nb").mkdir()
+    notebook = tmp_path / "nb" / "05.ipynb"
+    notebook.write_text("{}")
+    grid = rep.Grid(seeds=[0, 1, 2], parameters={"dataset": "phantom"})
+    paths = rep.reproduce(grid, out="outputs/rel", notebook="nb/05.ipynb", jobs=3, log=print)
+    assert Path.cwd() == tmp_path  # restored
+    assert all(Path(a).is_absolute() and Path(b).is_absolute() for a, b, _ in seen["paths"])
+    assert (tmp_path / "outputs" / "rel" / "summary.csv").is_file()
+    assert len(list((tmp_path / "outputs" / "rel" / "notebooks").iterdir())) == 6
+    assert paths["table"] == tmp_path / "outputs" / "rel" / "summary.csv"
