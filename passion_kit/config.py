@@ -391,7 +391,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "model": {"backbone": "rfnet"},
         "objective": {"eta_epochs": 300},
-        "train": {"epochs": 13, "lr": 2e-2, "keep_epochs": [], "amp": "fast"},
+        "train": {"epochs": 14, "lr": 2e-2, "keep_epochs": [], "amp": "fast"},
         "eval": {"window": [32, 32, 32], "overlap": 0.25, "amp": "fast"},
     },
 }
