@@ -172,6 +172,38 @@ def _step_fn(net, objective, optimizer, batch, amp):
     return step
 
 
+def _with_native_ops(step):
+    """``step`` run with PyTorch's reflect padding and trilinear upsampling (the kit's own
+    compute the same values with faster CPU backward passes; see models/blocks.py)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    import passion_kit.models.blocks as blocks
+    from passion_kit.models import m2ftrans, mmformer, rfnet
+
+    def native_upsample(x, size):
+        size = tuple(int(s) for s in size)
+        if tuple(x.shape[2:]) == size:
+            return x
+        return F.interpolate(x, size=size, mode="trilinear", align_corners=True)
+
+    modules = (blocks, rfnet, mmformer, m2ftrans)
+
+    def run():
+        saved = blocks.Conv3d._conv_forward, [m.upsample for m in modules]
+        blocks.Conv3d._conv_forward = nn.Conv3d._conv_forward
+        for m in modules:
+            m.upsample = native_upsample
+        try:
+            return step()
+        finally:
+            blocks.Conv3d._conv_forward = saved[0]
+            for m, fn in zip(modules, saved[1], strict=True):
+                m.upsample = fn
+
+    return run
+
+
 def _switches(cfg, steps: int) -> list[tuple[str, float]]:
     """Median step time (model and objective only) of CPU options, measured side by side."""
     import torch
@@ -187,6 +219,9 @@ def _switches(cfg, steps: int) -> list[tuple[str, float]]:
         "fp32": dict(amp=None, channels_last=False),
         "bf16 autocast": dict(amp=torch.bfloat16, channels_last=False),
         "bf16 autocast, channels-last": dict(amp=torch.bfloat16, channels_last=True),
+        "bf16 autocast, PyTorch's pad/upsample": dict(
+            amp=torch.bfloat16, channels_last=False, native=True
+        ),
     }
     runners = {}
     for name, options in variants.items():
@@ -200,7 +235,8 @@ def _switches(cfg, steps: int) -> list[tuple[str, float]]:
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, amsgrad=True)
         batch = {"image": x, "label": label, "mask": mask}
 
-        runners[name] = _step_fn(net, objective, optimizer, batch, options["amp"])
+        step = _step_fn(net, objective, optimizer, batch, options["amp"])
+        runners[name] = _with_native_ops(step) if options.get("native") else step
     times: dict[str, list[float]] = {name: [] for name in runners}
     for step in runners.values():
         step(), step()  # warm-up
@@ -289,7 +325,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.switches:
             print(f"\nCPU options, median step over {args.steps} interleaved steps:")
             for name, value in _switches(cfg, args.steps):
-                print(f"  {name:<32} {value:>7.3f} s")
+                print(f"  {name:<40} {value:>7.3f} s")
     return rows
 
 
