@@ -403,6 +403,24 @@ def ensure_evaluated(run_dir: str | os.PathLike, split: str = "test", **options)
     return evaluate_run(run_dir, split=split, **options)
 
 
+def _check_same_dataset(data_root: Path, cfg: ExperimentConfig) -> None:
+    """Refuse another dataset than the run's: its tables would be filed under the run.
+
+    The same dataset moved elsewhere is fine (its description is the same, or the
+    original folder is gone).
+    """
+    original = cfg.dataset_root()
+    if not (original / "dataset.json").is_file() or original.resolve() == data_root.resolve():
+        return
+    mine, theirs = load_description(original).to_json(), load_description(data_root).to_json()
+    if mine != theirs:
+        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        raise ValueError(
+            f"{data_root} is another dataset than the run's {original} ({', '.join(differ[:3])} "
+            f"differ in dataset.json); the tables would be filed under the run as its own"
+        )
+
+
 def _check_same_run(run: Path, checkpoint: Path, cfg: ExperimentConfig) -> None:
     """Refuse a checkpoint of another run: its tables would be filed under ``run``."""
     if checkpoint.resolve().parent == run.resolve():
@@ -451,6 +469,8 @@ def evaluate_run(
     run = Path(run_dir)
     if checkpoint is not None:
         _check_same_run(run, Path(checkpoint), cfg)
+    if data_root is not None:
+        _check_same_dataset(Path(data_root), cfg)
     split = split or cfg.data.test_split
     dataset = PreparedDataset(loaded.root, split, setting="full")
     out = run / "eval" / split

@@ -255,3 +255,21 @@ def test_a_case_id_cannot_leave_the_cases_folder(tmp_path, case_id):
 
     with pytest.raises(ValueError, match="must be a plain folder name"):
         case_dir(tmp_path, case_id)
+
+
+def test_evaluating_on_another_dataset_is_refused_and_a_moved_one_accepted(trained, tmp_path):
+    from passion_kit.data.phantom import make_phantom
+    from passion_kit.evaluate import evaluate_run
+
+    root, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    other = tmp_path / "other_phantom"
+    make_phantom(other, num_cases=10, size=48, seed=3, progress=False)
+    with pytest.raises(ValueError, match=r"other_phantom is another dataset than the run's"):
+        evaluate_run(copy, data_root=other, device="cpu", progress=False)
+    assert not (copy / "eval").exists()
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)
+    paths = evaluate_run(copy, data_root=moved, device="cpu", progress=False, max_cases=1)
+    assert paths["summary"].is_file()

@@ -246,3 +246,18 @@ def test_a_run_from_an_earlier_kit_resumes_when_a_new_key_has_its_default():
     assert _config_differences(older, cfg) == []
     older["objective"]["temperature"] = 2.0
     assert _config_differences(older, cfg) == ["objective.temperature"]
+
+
+def test_the_image_fill_key_reaches_the_augmentation(phantom_root, tmp_path, monkeypatch):
+    import passion_kit.train as train
+
+    seen = {}
+    real = train.augment_for
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "augment_for", spy)
+    fit(tiny_config(phantom_root, tmp_path, "train.epochs=1", "data.image_fill=-1"))
+    assert seen["image_fill"] == -1.0
