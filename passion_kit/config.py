@@ -37,9 +37,17 @@ __all__ = [
     "EvalConfig",
     "ExperimentConfig",
     "UsageError",
+    "PLACE_KEYS",
     "PRESETS",
     "OFFICIAL_SWITCHES",
 ]
+
+
+# Config keys that say where a run lives, not what it is (data folder, run folder,
+# device, progress bars): free to differ between copies of the same run.
+PLACE_KEYS = frozenset(
+    {("data", "root"), ("train", "run_dir"), ("train", "device"), ("train", "progress")}
+)
 
 
 class UsageError(ValueError):

@@ -52,7 +52,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from passion_kit.config import ExperimentConfig
+from passion_kit.config import PLACE_KEYS, ExperimentConfig
 from passion_kit.data import PreparedDataset, load_description
 from passion_kit.data.description import DatasetDescription
 from passion_kit.io import (
@@ -433,12 +433,11 @@ def _check_same_run(run: Path, checkpoint: Path, cfg: ExperimentConfig) -> None:
         )
     mine = ExperimentConfig.from_file(own).to_dict()
     theirs = cfg.to_dict()
-    place = {("data", "root"), ("train", "run_dir"), ("train", "device"), ("train", "progress")}
     differ = sorted(
         f"{section}.{key}"
         for section in mine
         for key in mine[section]
-        if (section, key) not in place and mine[section][key] != theirs[section].get(key)
+        if (section, key) not in PLACE_KEYS and mine[section][key] != theirs[section].get(key)
     )
     if differ:
         raise ValueError(

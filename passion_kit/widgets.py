@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from passion_kit.config import ExperimentConfig
+from passion_kit.config import PLACE_KEYS, ExperimentConfig
 from passion_kit.data import PreparedDataset
 from passion_kit.evaluate import dice, load_run
 from passion_kit.models import Backbone
@@ -124,10 +124,6 @@ def explorer_command(
     return shlex.join(["python", "-m", "passion_kit", "train", "--preset", "cpu", *args])
 
 
-# Config keys that say where a run lives, not what it is: free to differ from the shipped run.
-_PLACE_KEYS = {("data", "root"), ("train", "run_dir"), ("train", "device"), ("train", "progress")}
-
-
 def pack_explorer_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Pack a finished run into the explorer's shipped files under ``out``.
 
@@ -144,7 +140,7 @@ def pack_explorer_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike)
     if state["epoch"] != state["config"]["train"]["epochs"]:
         raise ValueError(f"{run_dir} is not finished (epoch {state['epoch']})")
     config = {
-        section: {k: v for k, v in values.items() if (section, k) not in _PLACE_KEYS}
+        section: {k: v for k, v in values.items() if (section, k) not in PLACE_KEYS}
         for section, values in state["config"].items()
     }
     packed = {

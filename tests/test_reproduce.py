@@ -159,7 +159,6 @@ def test_point_name_is_the_grid_name_of_the_main_job_runs():
 def test_a_point_whose_kernel_fails_once_runs_again_and_a_second_failure_stops(
     tmp_path, monkeypatch
 ):
-    import pandas as pd
 
     import passion_kit.reproduce as rep
 
@@ -172,15 +171,7 @@ def test_a_point_whose_kernel_fails_once_runs_again_and_a_second_failure_stops(
             raise RuntimeError("Kernel died before replying to kernel_info")
         if name.endswith("_s2"):
             raise RuntimeError("a real bug")
-        folder = Path(parameters["run_dir"]) / name / "eval" / "test"
-        folder.mkdir(parents=True)
-        pd.DataFrame({"combination": ["t1", "mean"], "dice_WT": [0.5, 0.5]}).to_csv(
-            folder / "summary.csv", index=False
-        )
-        history = {"epoch": [0], "modality": ["t1"], "beta": [1.0]}
-        pd.DataFrame(history).to_csv(folder.parents[1] / "history_modality.csv", index=False)
-
-    from pathlib import Path
+        _write_point_outputs(parameters)
 
     monkeypatch.setattr(rep, "execute_notebook", fake_execute)
     monkeypatch.setattr(rep, "_prepare_data", lambda todo, notebook: None)
@@ -201,9 +192,6 @@ def test_a_cpu_grid_runs_one_point_more_than_cores_single_threaded_longest_first
     tmp_path, monkeypatch
 ):
     import threading
-    from pathlib import Path
-
-    import pandas as pd
 
     import passion_kit.reproduce as rep
 
@@ -214,13 +202,7 @@ def test_a_cpu_grid_runs_one_point_more_than_cores_single_threaded_longest_first
         started.append((parameters["name"], parameters["threads"]))
         if len(started) <= 3:
             gate.wait()
-        folder = Path(parameters["run_dir"]) / parameters["name"] / "eval" / "test"
-        folder.mkdir(parents=True)
-        pd.DataFrame({"combination": ["t1", "mean"], "dice_WT": [0.5, 0.5]}).to_csv(
-            folder / "summary.csv", index=False
-        )
-        history = {"epoch": [0], "modality": ["t1"], "beta": [1.0]}
-        pd.DataFrame(history).to_csv(folder.parents[1] / "history_modality.csv", index=False)
+        _write_point_outputs(parameters)
 
     monkeypatch.setattr(rep.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(rep, "execute_notebook", fake_execute)
@@ -240,7 +222,6 @@ def test_parallel_points_survive_the_working_folder_papermill_changes(tmp_path, 
     """papermill changes the process's working folder per notebook; threads share it."""
     from pathlib import Path
 
-    import pandas as pd
     import papermill as pm
 
     import passion_kit.reproduce as rep
@@ -250,13 +231,7 @@ def test_parallel_points_survive_the_working_folder_papermill_changes(tmp_path, 
     def fake_pm(notebook, output, parameters=None, **kwargs):
         seen.setdefault("paths", []).append((notebook, output, kwargs.get("cwd")))
         os.chdir(kwargs["cwd"])  # as papermill does, and a sibling thread restores late
-        folder = Path(parameters["run_dir"]) / parameters["name"] / "eval" / "test"
-        folder.mkdir(parents=True)
-        pd.DataFrame({"combination": ["t1", "mean"], "dice_WT": [0.5, 0.5]}).to_csv(
-            folder / "summary.csv", index=False
-        )
-        history = {"epoch": [0], "modality": ["t1"], "beta": [1.0]}
-        pd.DataFrame(history).to_csv(folder.parents[1] / "history_modality.csv", index=False)
+        _write_point_outputs(parameters)
         Path(output).write_text("{}")
 
     monkeypatch.setattr(pm, "execute_notebook", fake_pm)
@@ -272,3 +247,18 @@ def test_parallel_points_survive_the_working_folder_papermill_changes(tmp_path, 
     assert (tmp_path / "outputs" / "rel" / "summary.csv").is_file()
     assert len(list((tmp_path / "outputs" / "rel" / "notebooks").iterdir())) == 6
     assert paths["table"] == tmp_path / "outputs" / "rel" / "summary.csv"
+
+
+def _write_point_outputs(parameters: dict) -> None:
+    """What a point's notebook leaves for gather(): its test summary and beta history."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    folder = Path(parameters["run_dir"]) / parameters["name"] / "eval" / "test"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"combination": ["t1", "mean"], "dice_WT": [0.5, 0.5]}).to_csv(
+        folder / "summary.csv", index=False
+    )
+    history = {"epoch": [0], "modality": ["t1"], "beta": [1.0]}
+    pd.DataFrame(history).to_csv(folder.parents[1] / "history_modality.csv", index=False)

@@ -64,8 +64,9 @@ def test_the_documented_command_makes_the_same_run(tmp_path):
 
 
 def test_the_shipped_checkpoint_is_the_documented_run_and_loads_safely():
+    from passion_kit.config import PLACE_KEYS
     from passion_kit.train import load_checkpoint
-    from passion_kit.widgets import _PLACE_KEYS, SHIPPED_EXPLORER
+    from passion_kit.widgets import SHIPPED_EXPLORER
 
     files = sorted(p.name for p in SHIPPED_EXPLORER.iterdir() if p.is_file())
     assert set(widgets._PACKED) <= set(files)
@@ -75,7 +76,7 @@ def test_the_shipped_checkpoint_is_the_documented_run_and_loads_safely():
     shipped = json.loads((SHIPPED_EXPLORER / "config.json").read_text())
     assert shipped == state["config"]
     expected = explorer_config("data", "runs").to_dict()  # the command's config today
-    for section, key in _PLACE_KEYS:
+    for section, key in PLACE_KEYS:
         del expected[section][key]
     assert shipped == expected, "the shipped checkpoint no longer matches its command"
     assert state["epoch"] == expected["train"]["epochs"]
