@@ -403,7 +403,9 @@ def ensure_evaluated(run_dir: str | os.PathLike, split: str = "test", **options)
     return evaluate_run(run_dir, split=split, **options)
 
 
-def _check_same_dataset(data_root: Path, cfg: ExperimentConfig) -> None:
+def _check_same_dataset(
+    data_root: Path, description: DatasetDescription, cfg: ExperimentConfig
+) -> None:
     """Refuse another dataset than the run's: its tables would be filed under the run.
 
     The same dataset moved elsewhere is fine (its description is the same, or the
@@ -412,7 +414,7 @@ def _check_same_dataset(data_root: Path, cfg: ExperimentConfig) -> None:
     original = cfg.dataset_root()
     if not (original / "dataset.json").is_file() or original.resolve() == data_root.resolve():
         return
-    mine, theirs = load_description(original).to_json(), load_description(data_root).to_json()
+    mine, theirs = load_description(original).to_json(), description.to_json()
     if mine != theirs:
         differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         raise ValueError(
@@ -469,7 +471,7 @@ def evaluate_run(
     if checkpoint is not None:
         _check_same_run(run, Path(checkpoint), cfg)
     if data_root is not None:
-        _check_same_dataset(Path(data_root), cfg)
+        _check_same_dataset(Path(data_root), loaded.description, cfg)
     split = split or cfg.data.test_split
     dataset = PreparedDataset(loaded.root, split, setting="full")
     out = run / "eval" / split
