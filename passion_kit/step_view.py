@@ -1,0 +1,541 @@
+"""One PASSION step on one case, piece by piece: the numbers and pictures of notebook 04.
+
+Each function computes one piece of the objective for a batch (spec C.4, C.5, D.2-D.3)
+and returns tensors, or draws them and returns a :class:`~passion_kit.viz.PlotFigure`.
+The pieces are the objective's own numbers:
+
+- :func:`kl_map` is the per-voxel form of :func:`~passion_kit.losses.temperature_kl`
+  (its mean over the voxels is that loss, the ``T^2`` factor included);
+- :func:`class_prototypes`, :func:`similarity_maps` and :func:`prototype_distance`
+  compute the distance D of :func:`~passion_kit.losses.prototype_distillation`;
+- :func:`sample_relative_preference` is ``RP_n^m = 1 - D_n^m / Dbar_n``, whose sum
+  ``-sum_n a_nm RP_nm`` is :func:`~passion_kit.preference.iteration_preference`;
+- :func:`replay_beta` runs the epoch update of beta again on a run's recorded distances.
+
+Usage (CPU, seconds)::
+
+    from passion_kit import step_view as sv
+    loaded, history = sv.passion_run("outputs/reproduce/runs", "data")  # or the shipped one
+    batch = sv.case_batch(loaded.root, 0, "flair+t1c+t1")
+    step = sv.step_pieces(loaded.backbone, batch)
+    kl = sv.kl_map(step.student.logits, step.teacher.logits, 4.0)  # (S, H, W, D)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
+
+from passion_kit.config import ExperimentConfig
+from passion_kit.data import PreparedDataset
+from passion_kit.evaluate import LoadedRun, load_run
+from passion_kit.losses import PROB_CLAMP
+from passion_kit.models import Backbone
+from passion_kit.models.base import FusionOut
+from passion_kit.objectives.common import student_masks
+from passion_kit.preference import epoch_relative_preference, update_beta
+from passion_kit.viz import PlotFigure, _finish, modality_colors, read_history, tumour_centre
+
+__all__ = [
+    "CLASS_COLORS",
+    "StepPieces",
+    "case_batch",
+    "class_prototypes",
+    "cosine_matrix",
+    "kl_map",
+    "passion_run",
+    "plot_maps",
+    "plot_predictions",
+    "plot_prototypes",
+    "plot_step_preference",
+    "prototype_distance",
+    "replay_beta",
+    "sample_relative_preference",
+    "similarity_maps",
+    "step_pieces",
+]
+
+# Classes 1..K-1 (background is not drawn): NCR/NET blue, edema green, enhancing vermillion,
+# the colours of the regions they first belong to (TC, WT, ET) in the kit's other figures.
+CLASS_COLORS = ("#0072B2", "#009E73", "#D55E00", "#CC79A7", "#E69F00", "#56B4E9")
+EPS = 1e-5  # the prototype loss's epsilon (spec C.5)
+
+
+# --- the trained network and the case ------------------------------------------------------
+def passion_run(
+    run_dir: str | os.PathLike, data_root: str | os.PathLike, *, device: str = "cpu"
+) -> tuple[LoadedRun, Path]:
+    """A trained PASSION network: the main job's run when it is complete, else the shipped one.
+
+    The main job's PASSION run of seed 0 is ``<run_dir>/phantom_rfnet_passion_mr2468_s0``;
+    without it, the checkpoint shipped inside the package (the explorer's: the same
+    preset, objective and seed) is loaded where it lies, nothing is written. The cases come
+    from ``<data_root>/<dataset>``, where the phantom is generated if absent.
+
+    Returns:
+        ``(loaded, source)``: the loaded run (backbone in eval mode) and the folder that
+        holds its ``history_modality.csv``.
+    """
+    from passion_kit.reproduce import point_name
+    from passion_kit.train import _ensure_data, load_checkpoint
+    from passion_kit.widgets import SHIPPED_EXPLORER
+
+    run = Path(run_dir) / point_name("passion", preset="cpu", dataset="phantom")
+    meta = run / "meta.json"
+    complete = meta.is_file() and json.loads(meta.read_text()).get("status") == "complete"
+    if complete and (run / "checkpoint_last.pt").is_file():
+        source, checkpoint = run, run / "checkpoint_last.pt"
+    else:
+        source, checkpoint = SHIPPED_EXPLORER, SHIPPED_EXPLORER / "checkpoint.pt"
+    cfg = ExperimentConfig.from_dict(load_checkpoint(checkpoint)["config"], source=str(checkpoint))
+    root = Path(data_root) / cfg.data.dataset
+    _ensure_data(cfg, root)
+    return load_run(source, checkpoint=checkpoint, data_root=root, device=device), source
+
+
+def _tumour_window(label: torch.Tensor, size: int) -> tuple[slice, ...]:
+    """A cube of edge ``size`` centred on the tumour, moved inside the volume."""
+    centre = tumour_centre(label.numpy())
+    window = []
+    for c, n in zip(centre, label.shape, strict=True):
+        start = min(max(c - size // 2, 0), max(n - size, 0))
+        window.append(slice(start, start + size))
+    return tuple(window)
+
+
+def case_batch(
+    root: str | os.PathLike,
+    index: int,
+    combination: str,
+    *,
+    split: str = "test",
+    size: int | None = None,
+) -> dict:
+    """A batch of one case with the availability ``combination``, as IDT feeds it.
+
+    The channels of the absent modalities are zeroed (spec A.2), so the encoders see what
+    an IDT sample with this mask would show them.
+
+    Args:
+        root: the prepared dataset folder.
+        index: the case's position in ``splits/<split>.txt``.
+        combination: a combination name of the dataset (e.g. ``"flair+t1c+t1"``, ``"all"``).
+        split: the case list.
+        size: crop a cube of this edge centred on the tumour (None: the whole case).
+
+    Returns:
+        ``image`` (1, M, *sp) float32, ``label`` (1, *sp) int64, ``mask`` (1, M) bool and
+        ``case_id`` (a list of one str).
+
+    Raises:
+        ValueError: an index outside the split or an unknown combination.
+    """
+    dataset = PreparedDataset(root, split, setting="full")
+    if not 0 <= index < len(dataset):
+        raise ValueError(
+            f"index must be in [0, {len(dataset) - 1}] for split {split!r}, got {index}"
+        )
+    modalities = dataset.description.modalities
+    mask = torch.tensor(modalities.mask(modalities.id_from_name(combination)))
+    sample = dataset[index]
+    image, label = sample["image"] * mask[:, None, None, None], sample["label"]
+    if size is not None:
+        window = _tumour_window(label, size)
+        image, label = image[(slice(None), *window)], label[window]
+    return {
+        "image": image[None].contiguous(),
+        "label": label[None].contiguous(),
+        "mask": mask[None],
+        "case_id": [sample["case_id"]],
+    }
+
+
+# --- the fused passes ----------------------------------------------------------------------
+@dataclass
+class StepPieces:
+    """The teacher and student passes of one step (spec D.1).
+
+    Attributes:
+        mask: (B, M) the samples' availability: the teachers' masks.
+        students: the modalities that have a student, in the order of the student rows.
+        teacher: the teacher's fused output, B rows.
+        student: the students' fused output, B * S rows (row r: sample r // S, modality
+            ``students[r % S]``).
+    """
+
+    mask: torch.Tensor
+    students: list[int]
+    teacher: FusionOut
+    student: FusionOut
+
+
+@torch.no_grad()
+def step_pieces(backbone: Backbone, batch: dict) -> StepPieces:
+    """Encode once, then fuse the teacher and one student per available modality in one call.
+
+    A student is the same network under a one-modality mask ``e_m``, reusing the encoder
+    features. As in :class:`~passion_kit.objectives.passion.PassionObjective`, a modality
+    has a student where some sample holds it with another modality (alone, its student
+    would be its teacher).
+    """
+    device = next(backbone.parameters()).device
+    mask = batch["mask"].cpu()
+    alone = (mask.sum(1, keepdim=True) == 1) & mask
+    students = [int(i) for i in torch.nonzero((mask & ~alone).any(0)).flatten()]
+    rows = student_masks(mask, students, teacher=True).to(device)
+    out = backbone.fuse(backbone.encode(batch["image"].to(device)), rows)
+    logits, feature = out.logits.float().cpu(), out.feature.float().cpu()
+    out = FusionOut(logits, [d.float().cpu() for d in out.deep], feature)
+    first = torch.arange(out.logits.shape[0]) % (1 + len(students)) == 0
+    return StepPieces(mask, students, out.rows(first), out.rows(~first))
+
+
+def _per_student(x: torch.Tensor, rows: int, name: str) -> torch.Tensor:
+    """Repeat a per-sample tensor for the ``rows`` rows of its students."""
+    if rows % x.shape[0]:
+        raise ValueError(f"{name} has {x.shape[0]} rows, which do not divide the {rows} rows")
+    return x.repeat_interleave(rows // x.shape[0], 0)
+
+
+def kl_map(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Per-voxel pixel-wise distillation ``T^2 mean_c p_t (log p_t - log p_s)`` (spec C.4).
+
+    ``p = clamp(softmax(z / T), 0.005, 1)``, not renormalised; the mean runs over the K
+    classes, so the mean of the map over the voxels is
+    :func:`~passion_kit.losses.temperature_kl` (final level only).
+
+    Args:
+        student_logits: (B * S, K, *sp) student logits.
+        teacher_logits: (B, K, *sp) teacher logits (row r of the student uses row r // S).
+        temperature: T.
+
+    Returns:
+        (B * S, *sp) the map of each student.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    teacher = _per_student(teacher_logits, student_logits.shape[0], "teacher_logits")
+    p_s = F.softmax(student_logits.float() / temperature, 1).clamp(PROB_CLAMP, 1.0)
+    p_t = F.softmax(teacher.float() / temperature, 1).clamp(PROB_CLAMP, 1.0)
+    return temperature**2 * (p_t * (p_t.log() - p_s.log())).mean(1)
+
+
+def class_prototypes(feature: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
+    """``mu_k = sum_v f(v) y_k(v) / (sum_v y_k(v) + 1e-5)``: the mean feature of class k.
+
+    Args:
+        feature: (R, C, *sp) features (R = B, or B * S student rows).
+        target_onehot: (B, K, *sp) one-hot labels.
+
+    Returns:
+        (R, K, C) prototypes; a class without voxels gets the zero vector.
+    """
+    y = _per_student(target_onehot, feature.shape[0], "target_onehot").float().flatten(2)
+    f = feature.float().flatten(2)
+    return torch.einsum("rcv,rkv->rkc", f, y) / (y.sum(-1)[..., None] + EPS)
+
+
+def similarity_maps(feature: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """``S_k(v) = cos(f(v), mu_k)``, norms clamped at 1e-5 (spec C.5).
+
+    Args:
+        feature: (R, C, *sp) features.
+        prototypes: (R, K, C) prototypes.
+
+    Returns:
+        (R, K, *sp) similarity maps in [-1, 1].
+    """
+    f = feature.float()
+    f_unit = f / f.norm(dim=1, keepdim=True).clamp_min(EPS)
+    p_unit = prototypes / prototypes.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    return torch.einsum("rc...,rkc->rk...", f_unit, p_unit)
+
+
+def prototype_distance(
+    student_feature: torch.Tensor, teacher_feature: torch.Tensor, target_onehot: torch.Tensor
+) -> torch.Tensor:
+    """The distance ``D = mean_{k, v} |S_k^s(v) - S_k^t(v)|`` of each student (spec C.5).
+
+    The classes are those present in every sample of the batch (the official set); the
+    student and teacher maps each use their own prototypes.
+
+    Args:
+        student_feature: (B * S, C, *sp).
+        teacher_feature: (B, C, *sp).
+        target_onehot: (B, K, *sp).
+
+    Returns:
+        (B * S,) distances.
+    """
+    present = (target_onehot.flatten(2).sum(-1) > 0).all(0)
+    s = similarity_maps(student_feature, class_prototypes(student_feature, target_onehot))
+    t = similarity_maps(teacher_feature, class_prototypes(teacher_feature, target_onehot))
+    t = _per_student(t, s.shape[0], "teacher_feature")
+    return (s - t)[:, present].abs().flatten(1).mean(1)
+
+
+def cosine_matrix(vectors: torch.Tensor) -> torch.Tensor:
+    """(K, C) vectors -> (K, K) pairwise cosine similarities (norms clamped at 1e-5)."""
+    unit = vectors.float() / vectors.float().norm(dim=-1, keepdim=True).clamp_min(EPS)
+    return unit @ unit.T
+
+
+# --- the preference --------------------------------------------------------------------------
+def sample_relative_preference(distance: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """``RP_nm = 1 - D_nm / Dbar_n`` with ``Dbar_n`` the mean D over sample n's students.
+
+    RP > 0: the modality is closer to the teacher than the sample's average (preferred);
+    RP < 0: it lags. 0 where m is not a student and for samples with one student or
+    ``Dbar_n = 0`` (the kit's ``skip_degenerate``), so that
+    ``iteration_preference(D, a) = -sum_n a_nm RP_nm``.
+
+    Args:
+        distance: (B, M) distances D (0 where not a student).
+        available: (B, M) bool, the students of each sample.
+
+    Returns:
+        (B, M) relative preferences.
+    """
+    a = available.to(distance.dtype)
+    count = a.sum(1, keepdim=True)
+    mean = (distance * a).sum(1, keepdim=True) / count.clamp_min(1.0)
+    keep = (count > 1) & (mean > 0)
+    rp = 1.0 - distance / torch.where(keep, mean, torch.ones_like(mean))
+    return torch.where(keep & available, rp, torch.zeros_like(rp))
+
+
+def replay_beta(
+    history: str | os.PathLike | pd.DataFrame, *, beta_range: tuple[float, float] = (0.1, 4.0)
+) -> pd.DataFrame:
+    """The gradient-wise update run again on a run's recorded epoch distances.
+
+    Each epoch: ``RP = (Dbar - D) / Dbar``, then ``beta <- sqrt(M) b / ||b||`` with
+    ``b = clamp(beta - eta RP)`` and the step ``eta`` the run used (0 in warm-up: beta
+    stays), by the functions of :mod:`passion_kit.preference`.
+
+    Args:
+        history: a run directory, its ``history_modality.csv`` or that table (with the
+            columns epoch, modality, distance and eta).
+        beta_range: the clamp (``objective.beta_range``).
+
+    Returns:
+        One row per (epoch, modality): ``relative_preference`` and ``beta`` (after the
+        epoch's update), in the history's order of modalities.
+    """
+    table = read_history(history)
+    missing = {"distance", "eta"} - set(table.columns)
+    if missing:
+        raise ValueError(f"the history has no column(s) {sorted(missing)} to replay beta from")
+    modalities = list(dict.fromkeys(table["modality"]))
+    beta, rows = torch.ones(len(modalities)), []
+    for epoch, group in table.groupby("epoch", sort=True):
+        group = group.set_index("modality").loc[modalities]
+        rp = epoch_relative_preference(
+            torch.tensor(group["distance"].to_numpy(), dtype=torch.float32)
+        )
+        eta = float(group["eta"].iloc[0])
+        if eta > 0:
+            beta = update_beta(beta, rp, eta, low=beta_range[0], high=beta_range[1])
+        rows += [
+            {"epoch": epoch, "modality": m, "relative_preference": float(r), "beta": float(b)}
+            for m, r, b in zip(modalities, rp, beta, strict=True)
+        ]
+    return pd.DataFrame(rows)
+
+
+# --- pictures ------------------------------------------------------------------------------
+def _class_overlay(ax, classes: np.ndarray, num_classes: int, alpha: float) -> None:
+    colors = [(0, 0, 0, 0)] + [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(num_classes - 1)]
+    cmap = ListedColormap(colors)
+    shown = np.ma.masked_equal(np.asarray(classes).T, 0)
+    ax.imshow(shown, cmap=cmap, vmin=0, vmax=num_classes - 1, alpha=alpha, origin="lower")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_predictions(
+    background: np.ndarray,
+    label: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    *,
+    class_names: Sequence[str],
+    title: str | None = None,
+    alpha: float = 0.6,
+    path: str | os.PathLike | None = None,
+) -> PlotFigure:
+    """The label and each prediction on one 2-D slice, side by side, over a grey image.
+
+    Args:
+        background: (H, W) grey slice (e.g. one available modality).
+        label: (H, W) class ids.
+        predictions: panel title -> (H, W) predicted class ids.
+        class_names: the K class names (class 0, the background, is not drawn).
+        title: figure title.
+        alpha: overlay opacity.
+        path: save the PNG there.
+    """
+    panels = {"label": label} | dict(predictions)
+    shapes = {k: np.shape(v) for k, v in panels.items() if np.shape(v) != np.shape(background)}
+    if shapes:
+        raise ValueError(
+            f"every slice must have the background's shape {np.shape(background)}: {shapes}"
+        )
+    fig = PlotFigure(figsize=(2.1 * len(panels), 2.7), layout="constrained")
+    lo, hi = np.percentile(background, [1, 99.5])
+    for ax, (name, classes) in zip(
+        fig.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True
+    ):
+        ax.imshow(np.asarray(background).T, cmap="gray", origin="lower", vmin=lo, vmax=hi)
+        _class_overlay(ax, classes, len(class_names), alpha)
+        ax.set_title(name, fontsize=9)
+    handles = [
+        Patch(color=CLASS_COLORS[(k - 1) % len(CLASS_COLORS)], label=class_names[k])
+        for k in range(1, len(class_names))
+    ]
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False
+    )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _finish(fig, path)
+
+
+def plot_maps(
+    maps: Mapping[str, np.ndarray],
+    *,
+    title: str,
+    cmap: str = "magma",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    outline: np.ndarray | None = None,
+    path: str | os.PathLike | None = None,
+) -> PlotFigure:
+    """One heat map per entry on a shared colour scale, with an optional outline.
+
+    Args:
+        maps: panel title -> (H, W) values.
+        title: figure title (also the colour bar's label).
+        cmap: colour map.
+        vmin, vmax: the scale (default: the smallest and largest value of all maps).
+        outline: (H, W) bool drawn as a white contour (e.g. the tumour).
+        path: save the PNG there.
+    """
+    if not maps:
+        raise ValueError("maps must hold at least one map")
+    values = {k: np.asarray(v, dtype=float) for k, v in maps.items()}
+    vmin = min(v.min() for v in values.values()) if vmin is None else vmin
+    vmax = max(v.max() for v in values.values()) if vmax is None else vmax
+    fig = PlotFigure(figsize=(2.1 * len(values) + 0.6, 2.6), layout="constrained")
+    axes = fig.subplots(1, len(values), squeeze=False)[0]
+    for ax, (name, value) in zip(axes, values.items(), strict=True):
+        image = ax.imshow(value.T, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower")
+        if outline is not None and np.any(outline):
+            ax.contour(
+                np.asarray(outline, dtype=float).T, levels=[0.5], colors="white", linewidths=0.8
+            )
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=list(axes), shrink=0.85)
+    fig.suptitle(title, fontsize=10)
+    return _finish(fig, path)
+
+
+def plot_prototypes(
+    prototypes: Mapping[str, torch.Tensor],
+    *,
+    class_names: Sequence[str],
+    path: str | os.PathLike | None = None,
+) -> PlotFigure:
+    """Each set of class prototypes: its vectors (K x C) above their pairwise cosines (K x K).
+
+    Args:
+        prototypes: panel title -> (K, C) prototypes (e.g. the teacher's and a student's).
+        class_names: the K class names.
+        path: save the PNG there.
+    """
+    fig = PlotFigure(figsize=(3.0 * len(prototypes), 5.2), layout="constrained")
+    axes = fig.subplots(2, len(prototypes), squeeze=False)
+    for col, (name, vectors) in enumerate(prototypes.items()):
+        vectors = torch.as_tensor(vectors).float()
+        if vectors.shape[0] != len(class_names):
+            raise ValueError(
+                f"{name}: {vectors.shape[0]} prototypes for {len(class_names)} classes"
+            )
+        top, bottom = axes[0, col], axes[1, col]
+        image = top.imshow(vectors.numpy(), cmap="coolwarm", aspect="auto")
+        top.set_title(f"{name}: prototypes", fontsize=9)
+        top.set_xlabel("feature channel c", fontsize=8)
+        fig.colorbar(image, ax=top, shrink=0.8)
+        cosine = cosine_matrix(vectors).numpy()
+        bottom.imshow(cosine, cmap="coolwarm", vmin=-1, vmax=1)
+        for (i, j), value in np.ndenumerate(cosine):
+            bottom.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+        bottom.set_title(f"{name}: cos(mu_i, mu_j)", fontsize=9)
+        bottom.set_xticks(range(len(class_names)), class_names, rotation=45, fontsize=7)
+        for ax in (top, bottom):
+            ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+    return _finish(fig, path)
+
+
+def plot_step_preference(
+    distance: Sequence[float],
+    relative_preference: Sequence[float],
+    gate: Sequence[bool],
+    *,
+    modalities: Sequence[str],
+    available: Sequence[bool],
+    path: str | os.PathLike | None = None,
+) -> PlotFigure:
+    """One sample's D per modality (dashed: their mean Dbar) and its RP, with the gate.
+
+    Absent modalities have no bar. A bar of RP drawn hatched and marked "gate on" is a
+    lagging modality (RP < 0) whose prototype and unimodal losses this step switches on.
+
+    Args:
+        distance: (M,) D of each student.
+        relative_preference: (M,) ``1 - D / Dbar``.
+        gate: (M,) the task-wise gate.
+        modalities: the M names.
+        available: (M,) the sample's availability.
+        path: save the PNG there.
+    """
+    d, rp, on, have = (
+        np.asarray(v, dtype=float) for v in (distance, relative_preference, gate, available)
+    )
+    if any(v.shape != (len(modalities),) for v in (d, rp, on, have)):
+        raise ValueError(
+            f"distance, RP, gate and available must each hold {len(modalities)} values"
+        )
+    have, on = have.astype(bool), on.astype(bool)
+    x, colors = np.flatnonzero(have), np.array(list(modality_colors(modalities).values()))[have]
+    fig = PlotFigure(figsize=(8.0, 2.9), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.bar(x, d[have], color=colors)
+    left.axhline(d[have].mean(), color="black", linestyle="--", linewidth=1, label="Dbar")
+    left.set_title("distance D to the teacher", fontsize=9)
+    left.legend(fontsize=7, frameon=False)
+    bars = right.bar(x, rp[have], color=colors)
+    for bar, gate_on in zip(bars, on[have], strict=True):
+        if gate_on:
+            bar.set_hatch("//")
+            y = bar.get_height()
+            right.annotate("gate on", (bar.get_x() + bar.get_width() / 2, y), ha="center")
+    right.axhline(0.0, color="black", linewidth=0.8)
+    right.set_title("relative preference RP = 1 - D / Dbar", fontsize=9)
+    names = [m if h else f"{m}\n(absent)" for m, h in zip(modalities, have, strict=True)]
+    for ax in (left, right):
+        ax.set_xticks(range(len(modalities)), names, fontsize=8)
+    return _finish(fig, path)
