@@ -48,7 +48,10 @@ from passion_kit.viz import PlotFigure, _finish, modality_colors
 
 __all__ = [
     "attention_by_modality",
+    "feature_sensitivity",
     "m2ftrans_fusion_attention",
+    "mask_names",
+    "mask_tables",
     "mmformer_inter_attention",
     "pattern_probabilities",
     "plot_region_maps",
@@ -239,6 +242,61 @@ def attention_by_modality(attn: torch.Tensor, num_modalities: int) -> torch.Tens
     n = t // num_modalities
     blocks = attn.reshape(r, h, num_modalities, n, num_modalities, n)
     return blocks.sum(-1).mean(dim=(1, 3))
+
+
+def mask_names(masks: torch.Tensor, modalities: ModalitySet) -> list[str]:
+    """The combination name of every mask row (``"all"``, ``"t1c+t1+t2"``, ...)."""
+    return [modalities.name(modalities.mask_id(row)) for row in masks.tolist()]
+
+
+def mask_tables(
+    values: torch.Tensor, masks: torch.Tensor, modalities: ModalitySet, index: Sequence[str]
+) -> dict[str, pd.DataFrame]:
+    """One table per mask row, named by its combination, for :func:`plot_weight_tables`.
+
+    Args:
+        values: (S, R, M) one (R, M) matrix per mask row, columns = modalities.
+        masks: (S, M) the mask rows.
+        modalities: names the columns and the rows of ``masks``.
+        index: the R row labels (e.g. the classes, or the modalities).
+    """
+    if values.dim() != 3 or values.shape[0] != masks.shape[0]:
+        raise ValueError(f"values must be (S={masks.shape[0]}, R, M), got {tuple(values.shape)}")
+    names = mask_names(masks, modalities)
+    columns = list(modalities.modalities)
+    return {
+        name: pd.DataFrame(v.detach().cpu().numpy(), index=list(index), columns=columns)
+        for name, v in zip(names, values, strict=True)
+    }
+
+
+@torch.no_grad()
+def feature_sensitivity(
+    net: Backbone,
+    feats: list[torch.Tensor],
+    masks: torch.Tensor,
+    modality: int,
+    *,
+    scale: float = 10.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """How much the fused logits move when one modality's features are replaced by noise.
+
+    Every feature level (and, for mmFormer, the intra-modal tokens) of ``modality`` is
+    replaced by ``scale`` x standard-normal noise; the other modalities are left as they are.
+
+    Returns:
+        (S,) the largest absolute change of the logits, one value per mask row: 0 (up
+        to rounding) wherever ``modality`` is absent from the row.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    changed = [f.clone() for f in feats]
+    for f in changed:
+        noise = torch.randn(f[:, modality].shape, generator=generator)
+        f[:, modality] = scale * noise.to(f.device, f.dtype)
+    before = net.fuse(feats, masks).logits
+    after = net.fuse(changed, masks).logits
+    return (after - before).abs().flatten(1).amax(1)
 
 
 def plot_weight_tables(

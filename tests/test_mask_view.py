@@ -154,3 +154,30 @@ def test_the_rates_of_a_split_name_are_the_generators():
     rates = rates_from_name("mr2468", BRATS2020)
     probs = mask_view.pattern_probabilities(rates, BRATS)
     assert math.isclose(probs[BRATS.mask_id((False, False, True, False))], 0.8 * 0.6 * 0.4 * 0.8)
+
+
+def test_mask_tables_and_names():
+    masks = torch.tensor([[True, True, True, True], [False, True, True, True]])
+    assert mask_view.mask_names(masks, BRATS) == ["all", "t1c+t1+t2"]
+    values = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 4)
+    tables = mask_view.mask_tables(values, masks, BRATS, ["a", "b", "c"])
+    assert list(tables) == ["all", "t1c+t1+t2"]
+    assert tables["t1c+t1+t2"].loc["b", "t1c"] == values[1, 1, 1]
+    assert list(tables["all"].columns) == list(BRATS.modalities)
+    with pytest.raises(ValueError, match="S=2"):
+        mask_view.mask_tables(values[0], masks, BRATS, ["a", "b", "c"])
+
+
+def test_feature_sensitivity_is_zero_exactly_where_the_modality_is_absent():
+    torch.manual_seed(0)
+    net = RFNet(patch_size=16)
+    feats = _encoded(net)
+    before = [f.clone() for f in feats]
+    masks = torch.tensor(
+        [[True, True, True, True], [False, True, True, True], [True] + [False] * 3]
+    )
+    moved = mask_view.feature_sensitivity(net, feats, masks, modality=0)
+    assert moved.shape == (3,) and moved[1] < 1e-5 and moved[0] > 1e-3 and moved[2] > 1e-3
+    assert all(torch.equal(a, b) for a, b in zip(feats, before, strict=True))  # not modified
+    t1c = mask_view.feature_sensitivity(net, feats, masks, modality=1)
+    assert t1c[2] < 1e-5 and t1c[0] > 1e-3
