@@ -3,7 +3,9 @@
 :class:`MissingModalityExplorer` shows one checkbox per modality, a case picker, plane and
 slice controls and a region selector. Toggling a modality re-predicts the case with
 exactly the checked subset from a trained checkpoint and updates the overlay and the
-Dice of that subset (next to the Dice with every modality). Each case is encoded once
+Dice of that subset (next to the Dice with every modality). A second tab shows the case in
+3-D (:class:`passion_kit.viewer3d.CaseView3D`, NiiVue) with the label and the same
+prediction as overlays; it is built when first opened. Each case is encoded once
 (:class:`CachedCase` keeps the encoder features of every sliding window); a toggle only
 runs the fusion decoder, and a subset seen before is answered from memory.
 
@@ -27,6 +29,7 @@ Usage (JupyterLab)::
     explorer                                   # the widget
     explorer.set_modalities(["t1c", "t2"])     # the same as clicking
     explorer.dice, explorer.prediction, explorer.message
+    explorer.views.selected_index = 1         # the 3-D tab (needs ipyniivue and WebGL2)
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from passion_kit.config import PLACE_KEYS, ExperimentConfig
 from passion_kit.data import PreparedDataset
 from passion_kit.evaluate import dice, load_run
 from passion_kit.models import Backbone
+from passion_kit.viewer3d import CaseView3D, niivue_missing
 from passion_kit.viz import PLANES, figure_png, plot_case, tumour_centre
 
 __all__ = [
@@ -57,6 +61,7 @@ __all__ = [
     "CachedCase",
     "MissingModalityExplorer",
     "SHIPPED_EXPLORER",
+    "VIEW_TABS",
     "explorer_command",
     "explorer_config",
     "explorer_overrides",
@@ -65,6 +70,7 @@ __all__ = [
     "shipped_explorer_run",
 ]
 
+VIEW_TABS = ("2-D slices", "3-D view")  # the explorer's tabs; the 2-D one is the default
 _PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # the fixed axis of (H, W, D)
 AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHIPPED_EXPLORER = Path(__file__).resolve().parent / "resources" / "explorer"
@@ -366,6 +372,10 @@ class MissingModalityExplorer:
         self.dice_html = w.HTML()
         self.message_html = w.HTML()
         self.image = w.Image(format="png")
+        self.view3d: CaseView3D | None = None  # built when the 3-D tab is first opened
+        self.view3d_note = w.HTML()
+        self.view3d_box = w.VBox([self.view3d_note])
+        self.views = w.Tab([self.image, self.view3d_box], titles=VIEW_TABS, selected_index=0)
         self.widget = w.VBox(
             [
                 w.HBox([w.HTML("<b>modalities</b>"), *self.checkboxes.values()]),
@@ -373,12 +383,13 @@ class MissingModalityExplorer:
                 w.HBox([self.slice_slider, self.region_picker]),
                 self.message_html,
                 self.dice_html,
-                self.image,
+                self.views,
             ]
         )
         for box in self.checkboxes.values():
             box.observe(self._on_toggle, "value")
         self.case_picker.observe(lambda _: self._load_case(), "value")
+        self.views.observe(lambda _: self._show_3d(), "selected_index")
         self.plane_picker.observe(lambda _: self._reset_slice(), "value")
         for control in (self.slice_slider, self.region_picker):
             control.observe(lambda _: self._render(), "value")
@@ -537,6 +548,7 @@ class MissingModalityExplorer:
         full = self._dice(self.cached.predict((True,) * len(self.names)))
         subset = self._dice(prediction)
         self._render()
+        self._sync_3d()
         self.last_update_s = time.perf_counter() - started
         name = "+".join(self.modalities) if not all(self.mask) else "all modalities"
         cells = "".join(
@@ -571,3 +583,31 @@ class MissingModalityExplorer:
             title=f"{self.case_id}: prediction from {'+'.join(self.modalities)}",
         )
         self.image.value = figure_png(fig, dpi=72)
+
+    def _background(self) -> tuple[np.ndarray, str]:
+        """The channel drawn under the overlays: the first checked one (as the 2-D view)."""
+        channel = self.mask.index(True)
+        return self.cached.image[channel].numpy(), self.names[channel]
+
+    def _show_3d(self) -> None:
+        """Build the 3-D view the first time its tab is opened (or say why there is none)."""
+        if self.views.selected_index != 1 or self.view3d is not None:
+            return
+        missing = niivue_missing()
+        if missing:
+            self.view3d_note.value = html.escape(missing)
+            return
+        image, name = self._background()
+        self.view3d = CaseView3D(
+            image, self.label, self.prediction, regions=self.regions, name=name
+        )
+        self.view3d_note.value = (
+            "<small>NiiVue: drag the volume to rotate it, click a plane to move the "
+            "crosshair; the prediction follows the ticked modalities.</small>"
+        )
+        self.view3d_box.children = (self.view3d_note, self.view3d.widget)
+
+    def _sync_3d(self) -> None:
+        if self.view3d is not None:
+            image, name = self._background()
+            self.view3d.set_case(image, self.label, self.prediction, name=name)

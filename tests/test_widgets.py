@@ -272,3 +272,49 @@ def test_cached_case_checks_its_inputs(explorer):
         CachedCase(explorer.backbone, torch.zeros(3, 8, 8, 8), window=(16,) * 3, overlap=0.5)
     with pytest.raises(ValueError, match="at least one True"):
         explorer.cached.predict([False] * 4)
+
+
+def _shown(volume) -> np.ndarray:
+    import gzip
+
+    import nibabel as nib
+
+    return np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(volume.data)).dataobj)
+
+
+def test_the_3d_tab_follows_the_prediction_and_the_case(all_on):
+    pytest.importorskip("ipyniivue")
+    explorer = all_on
+    assert explorer.views.selected_index == 0 and widgets.VIEW_TABS[0] == "2-D slices"
+    explorer.views.selected_index = 1  # what a click on the tab does
+    view = explorer.view3d
+    assert view is not None and view.widget in explorer.view3d_box.children
+    image, label, prediction = (_shown(v) for v in view.viewer.volumes)
+    assert np.array_equal(prediction, explorer.prediction)
+    assert np.array_equal(label, explorer.label)
+    np.testing.assert_allclose(image, explorer.cached.image[0].numpy(), rtol=1e-6)
+
+    explorer.set_modalities(["t1c", "t2"])  # the 3-D overlay follows, over T1c
+    volumes = view.viewer.volumes
+    assert volumes[0].name == "t1c.nii.gz"
+    assert np.array_equal(_shown(volumes[2]), explorer.prediction)
+    assert not np.array_equal(_shown(volumes[2]), prediction)
+    other = [c for c in explorer.case_picker.options if c != explorer.case_id][0]
+    explorer.case_picker.value = other
+    assert np.array_equal(_shown(view.viewer.volumes[1]), explorer.label)
+    assert np.array_equal(_shown(view.viewer.volumes[2]), explorer.prediction)
+    explorer.views.selected_index = 0
+    explorer.views.selected_index = 1  # built once
+    assert explorer.view3d is view
+    explorer.case_picker.value = explorer.case_picker.options[0]
+
+
+def test_without_ipyniivue_the_3d_tab_explains_and_2d_still_works(tmp_path_factory, monkeypatch):
+    monkeypatch.setattr(widgets, "niivue_missing", lambda: "The 3-D view needs ipyniivue.")
+    explorer = MissingModalityExplorer(smoke_run(tmp_path_factory), device="cpu")
+    explorer.views.selected_index = 1
+    assert explorer.view3d is None
+    assert explorer.view3d_note.value == "The 3-D view needs ipyniivue."
+    image = explorer.image.value
+    explorer.set_modalities(["t1c"])
+    assert explorer.image.value != image and "with <b>t1c</b>" in explorer.dice_html.value
