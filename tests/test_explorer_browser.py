@@ -4,9 +4,11 @@ JupyterLab runs token-less on 127.0.0.1 only, with its config, data, runtime, se
 and workspace folders in a temporary directory. The notebook gets the smoke parameters
 (papermill's injection, without executing), the browser runs all its cells, clicks
 modality checkboxes and checks that the rendered overlay and Dice change, and that
-unticking the last modality shows the refusal message. The screenshot is kept in
-``tests/artifacts/`` (git-ignored). Chromium comes from ``scripts/install_browser.sh``;
-the test skips only where that script cannot install it.
+unticking the last modality shows the refusal message. Then it opens the 3-D tab and
+checks that NiiVue drew the case on its WebGL2 canvas (software WebGL: SwiftShader) and
+that switching the overlay to the label draws the class colours. The screenshots are
+kept in ``tests/artifacts/`` (git-ignored). Chromium comes from
+``scripts/install_browser.sh``; the test skips only where that script cannot install it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_widgets import smoke_run
@@ -33,6 +36,10 @@ CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
+    # WebGL2 without a GPU for the 3-D view: ANGLE over SwiftShader, the software renderer
+    # that recent Chromium no longer falls back to on its own.
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
     "--disable-quic",
     "--no-first-run",
     "--disable-background-networking",
@@ -148,7 +155,57 @@ def lab(tmp_path, tmp_path_factory):
             process.wait()
 
 
-def _drive(page, expect, url: str, screenshot: Path) -> None:
+def _canvas_pixels(canvas) -> np.ndarray:
+    """(H, W, 3) RGB of a screenshot of the canvas element."""
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"))
+
+
+def _drawn(canvas) -> np.ndarray | None:
+    """The canvas pixels once something is drawn: not uniform, many colours."""
+    rgb = _canvas_pixels(canvas)
+    return rgb if rgb.std() > 10 and len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50 else None
+
+
+def _with_overlay(canvas) -> np.ndarray | None:
+    """The canvas pixels once overlay colours show: saturated pixels that are not the red
+    crosshair (the grey image and the black background have none)."""
+    rgb = _canvas_pixels(canvas)
+    channels = rgb.astype(int)
+    saturated = channels.max(-1) - channels.min(-1) > 60
+    red = (channels[..., 0] > 180) & (channels[..., 1] < 60) & (channels[..., 2] < 60)
+    return rgb if (saturated & ~red).mean() > 0.002 else None
+
+
+def _wait_for(pixels, canvas, what: str, timeout_s: float = 120.0) -> np.ndarray:
+    """Poll ``pixels(canvas)`` until it answers (software WebGL can take seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = pixels(canvas)
+        if found is not None:
+            return found
+        time.sleep(1)
+    pytest.fail(f"{what} within {timeout_s:.0f} s")
+
+
+def _drive_3d(page, expect, widget, screenshot: Path) -> None:
+    """Open the 3-D tab; check the canvas is drawn and the label overlay shows its colours."""
+    page.get_by_role("tab", name="3-D view").click()
+    canvas = widget.locator("canvas").first
+    expect(canvas).to_be_visible(timeout=2 * MINUTE)
+    expect(widget.locator(".passion-kit-no-webgl")).to_have_count(0)  # the probe found WebGL2
+    canvas.scroll_into_view_if_needed()
+    drawn = _wait_for(_drawn, canvas, "the 3-D canvas was not drawn (a uniform picture)")
+    widget.get_by_role("button", name="label", exact=True).click()
+    labelled = _wait_for(_with_overlay, canvas, "no label colours on the 3-D canvas")
+    assert not np.array_equal(drawn, labelled)
+    widget.screenshot(path=str(screenshot))
+
+
+def _drive(page, expect, url: str, screenshot: Path, screenshot_3d: Path) -> None:
     """Open the notebook, run every cell, click checkboxes, check what the page shows."""
     page.goto(f"{url}/lab/tree/{NOTEBOOK.name}", timeout=2 * MINUTE)
     kernel = page.get_by_role("button", name=re.compile(r"Python 3.*\| Idle"))
@@ -192,6 +249,7 @@ def _drive(page, expect, url: str, screenshot: Path) -> None:
     widget = page.locator(".widget-vbox", has=image).last
     widget.scroll_into_view_if_needed()
     widget.screenshot(path=str(screenshot))
+    _drive_3d(page, expect, widget, screenshot_3d)
 
 
 @pytest.fixture
@@ -208,7 +266,9 @@ def test_explorer_notebook_runs_and_reacts_to_clicks_in_jupyterlab(chromium, lab
     url, log = lab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     screenshot = ARTIFACTS / "explorer_browser.png"
-    screenshot.unlink(missing_ok=True)
+    screenshot_3d = ARTIFACTS / "explorer_browser_3d.png"
+    for path in (screenshot, screenshot_3d):
+        path.unlink(missing_ok=True)
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"),
@@ -219,7 +279,7 @@ def test_explorer_notebook_runs_and_reacts_to_clicks_in_jupyterlab(chromium, lab
         )
         page = context.pages[0] if context.pages else context.new_page()
         try:
-            _drive(page, expect, url, screenshot)
+            _drive(page, expect, url, screenshot, screenshot_3d)
         except Exception:
             failure = ARTIFACTS / "explorer_browser_failure.png"
             page.screenshot(path=str(failure), full_page=True)
@@ -227,6 +287,7 @@ def test_explorer_notebook_runs_and_reacts_to_clicks_in_jupyterlab(chromium, lab
             raise
         finally:
             context.close()
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for path in (screenshot, screenshot_3d):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with capsys.disabled():
-        print(f"\n[explorer] browser screenshot: {screenshot}")
+        print(f"\n[explorer] browser screenshots: {screenshot}, {screenshot_3d}")
