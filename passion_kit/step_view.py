@@ -9,8 +9,7 @@ The pieces are the objective's own numbers:
 - :func:`class_prototypes`, :func:`similarity_maps` and :func:`prototype_distance`
   compute the distance D of :func:`~passion_kit.losses.prototype_distillation`;
 - :func:`sample_relative_preference` is ``RP_n^m = 1 - D_n^m / Dbar_n``, whose sum
-  ``-sum_n a_nm RP_nm`` is :func:`~passion_kit.preference.iteration_preference`;
-- :func:`replay_beta` runs the epoch update of beta again on a run's recorded distances.
+  ``-sum_n a_nm RP_nm`` is :func:`~passion_kit.preference.iteration_preference`.
 
 Usage (CPU, seconds)::
 
@@ -30,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from matplotlib.colors import ListedColormap
@@ -43,8 +41,7 @@ from passion_kit.losses import PROB_CLAMP
 from passion_kit.models import Backbone
 from passion_kit.models.base import FusionOut
 from passion_kit.objectives.common import student_masks
-from passion_kit.preference import epoch_relative_preference, update_beta
-from passion_kit.viz import PlotFigure, _finish, modality_colors, read_history, tumour_centre
+from passion_kit.viz import PlotFigure, _finish, modality_colors, tumour_centre
 
 __all__ = [
     "CLASS_COLORS",
@@ -59,7 +56,6 @@ __all__ = [
     "plot_prototypes",
     "plot_step_preference",
     "prototype_distance",
-    "replay_beta",
     "sample_relative_preference",
     "similarity_maps",
     "step_pieces",
@@ -316,45 +312,6 @@ def sample_relative_preference(distance: torch.Tensor, available: torch.Tensor) 
     return torch.where(keep & available, rp, torch.zeros_like(rp))
 
 
-def replay_beta(
-    history: str | os.PathLike | pd.DataFrame, *, beta_range: tuple[float, float] = (0.1, 4.0)
-) -> pd.DataFrame:
-    """The gradient-wise update run again on a run's recorded epoch distances.
-
-    Each epoch: ``RP = (Dbar - D) / Dbar``, then ``beta <- sqrt(M) b / ||b||`` with
-    ``b = clamp(beta - eta RP)`` and the step ``eta`` the run used (0 in warm-up: beta
-    stays), by the functions of :mod:`passion_kit.preference`.
-
-    Args:
-        history: a run directory, its ``history_modality.csv`` or that table (with the
-            columns epoch, modality, distance and eta).
-        beta_range: the clamp (``objective.beta_range``).
-
-    Returns:
-        One row per (epoch, modality): ``relative_preference`` and ``beta`` (after the
-        epoch's update), in the history's order of modalities.
-    """
-    table = read_history(history)
-    missing = {"distance", "eta"} - set(table.columns)
-    if missing:
-        raise ValueError(f"the history has no column(s) {sorted(missing)} to replay beta from")
-    modalities = list(dict.fromkeys(table["modality"]))
-    beta, rows = torch.ones(len(modalities)), []
-    for epoch, group in table.groupby("epoch", sort=True):
-        group = group.set_index("modality").loc[modalities]
-        rp = epoch_relative_preference(
-            torch.tensor(group["distance"].to_numpy(), dtype=torch.float32)
-        )
-        eta = float(group["eta"].iloc[0])
-        if eta > 0:
-            beta = update_beta(beta, rp, eta, low=beta_range[0], high=beta_range[1])
-        rows += [
-            {"epoch": epoch, "modality": m, "relative_preference": float(r), "beta": float(b)}
-            for m, r, b in zip(modalities, rp, beta, strict=True)
-        ]
-    return pd.DataFrame(rows)
-
-
 # --- pictures ------------------------------------------------------------------------------
 def _class_overlay(ax, classes: np.ndarray, num_classes: int, alpha: float) -> None:
     colors = [(0, 0, 0, 0)] + [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(num_classes - 1)]
@@ -441,10 +398,9 @@ def plot_maps(
     axes = fig.subplots(1, len(values), squeeze=False)[0]
     for ax, (name, value) in zip(axes, values.items(), strict=True):
         image = ax.imshow(value.T, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower")
-        if outline is not None and np.any(outline):
-            ax.contour(
-                np.asarray(outline, dtype=float).T, levels=[0.5], colors="white", linewidths=0.8
-            )
+        if outline is not None and np.asarray(outline).any():
+            edge = np.asarray(outline, dtype=float).T
+            ax.contour(edge, levels=[0.5], colors="white", linewidths=0.8)
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -532,7 +488,9 @@ def plot_step_preference(
         if gate_on:
             bar.set_hatch("//")
             y = bar.get_height()
-            right.annotate("gate on", (bar.get_x() + bar.get_width() / 2, y), ha="center")
+            where = (bar.get_x() + bar.get_width() / 2, y)
+            right.annotate("gate on", where, ha="center", va="top" if y < 0 else "bottom")
+    right.margins(y=0.15)
     right.axhline(0.0, color="black", linewidth=0.8)
     right.set_title("relative preference RP = 1 - D / Dbar", fontsize=9)
     names = [m if h else f"{m}\n(absent)" for m, h in zip(modalities, have, strict=True)]

@@ -6,7 +6,6 @@ import json
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,6 @@ from passion_kit import step_view as sv
 from passion_kit.data.modalities import BRATS
 from passion_kit.objectives.base import one_hot
 from passion_kit.objectives.passion import PassionObjective
-from passion_kit.preference import PreferenceState
 from passion_kit.widgets import SHIPPED_EXPLORER
 
 NAMES = BRATS.modalities
@@ -103,30 +101,6 @@ def test_sample_relative_preference_by_hand():
     torch.testing.assert_close(rp, torch.tensor([[0.5, -0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
     score = preference.iteration_preference(distance, available)
     torch.testing.assert_close(score, -(rp * available).sum(0))
-
-
-def test_replay_beta_gives_the_preference_states_record():
-    state = PreferenceState(4, eta_scale=20.0)
-    rows = []
-    for epoch, distance in enumerate(
-        ([0.1, 0.2, 0.3, 0.4], [0.3, 0.1, 0.2, 0.2], [0.2, 0.5, 0.1, 0.3])
-    ):
-        state.record(torch.tensor(distance), torch.ones(4), torch.zeros(4))
-        record = state.end_epoch()
-        rows += [
-            {"epoch": epoch, "modality": m} | {k: record[k][i] for k in record}
-            for i, m in enumerate(NAMES)
-        ]
-    history = pd.DataFrame(rows)
-    replayed = sv.replay_beta(history)
-    assert list(replayed["modality"][:4]) == list(NAMES) and len(replayed) == 12
-    np.testing.assert_allclose(replayed["beta"], history["beta"], rtol=1e-6)
-    np.testing.assert_allclose(
-        replayed["relative_preference"], history["relative_preference"], atol=1e-6
-    )
-    assert not np.allclose(history["beta"], 1.0)  # beta moved, so the replay can fail
-    with pytest.raises(ValueError, match="eta"):
-        sv.replay_beta(history.drop(columns="eta"))
 
 
 # --- the fused passes, against the objective ---------------------------------------------------
