@@ -200,7 +200,7 @@ class CaseView3D:
         self.overlay_picker = w.ToggleButtons(
             options=list(OVERLAYS), value=overlay if prediction is not None else "label"
         )
-        self.widget = w.VBox([self.overlay_picker, self.viewer, self.probe])
+        self.widget = w.VBox([self.probe, self.overlay_picker, self.viewer])  # the why first
         self.set_case(image, label, prediction, name=name)
         self.overlay_picker.observe(lambda _: self._apply_opacity(), "value")
 

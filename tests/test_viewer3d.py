@@ -21,7 +21,12 @@ from passion_kit.viewer3d import (
 )
 from passion_kit.viz import REGION_COLORS
 
-pytest.importorskip("ipyniivue")
+
+@pytest.fixture(autouse=True)
+def _niivue(request):
+    """The view's tests need ipyniivue; the file and colour tests do not."""
+    if "case" in request.fixturenames:
+        pytest.importorskip("ipyniivue")
 
 
 def decoded(data: bytes) -> nib.Nifti1Image:
@@ -126,6 +131,7 @@ def test_without_a_prediction_the_label_is_shown(case):
 
 
 def test_the_missing_package_and_webgl_are_explained_in_one_line(monkeypatch):
+    pytest.importorskip("ipyniivue")
     assert niivue_missing() == ""
     monkeypatch.setitem(sys.modules, "ipyniivue", None)  # an import now fails
     reason = niivue_missing()
