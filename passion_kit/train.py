@@ -131,6 +131,7 @@ def build_objective_from(cfg: ExperimentConfig, num_modalities: int, num_classes
             epoch_distance=epoch_distance,
             warmup_decay=o.warmup_decay,
             track_distance=o.track_distance and o.name == "baseline",
+            track_every=o.track_every,
             eta=o.eta,
             eta_factor=o.eta_factor,
             eta_every=o.eta_every,

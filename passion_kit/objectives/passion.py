@@ -80,6 +80,10 @@ class PassionObjective:
             rows share the teacher's dropout mask, so they stay 0).
         track_distance: for the baseline only, also measure each student's distance D
             (without gradient) so preference dynamics can be compared.
+        track_every: with ``track_distance``, measure on every k-th call only (the first,
+            the (k+1)-th, ...): the epoch's D is then a mean over fewer samples, and the
+            training itself is unchanged (the measurement takes no gradient and no random
+            number).
         eta, eta_factor, eta_every, beta_range, warmup_epochs: the beta schedule (spec E).
         eta_scale: schedule epochs per training epoch (see
             :class:`~passion_kit.preference.PreferenceState`); 1 is the paper's schedule.
@@ -104,6 +108,7 @@ class PassionObjective:
         epoch_distance: Literal["modality", "iteration"] = "modality",
         warmup_decay: bool = False,
         track_distance: bool = False,
+        track_every: int = 1,
         eta: float = 0.01,
         eta_factor: float = 1.5,
         eta_every: int = 100,
@@ -118,6 +123,8 @@ class PassionObjective:
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if track_every < 1:
+            raise ValueError(f"track_every must be >= 1, got {track_every}")
         if not eta_scale > 0:
             raise ValueError(f"eta_scale must be > 0, got {eta_scale}")
         self.name = "passion" if enabled else "baseline"
@@ -135,6 +142,8 @@ class PassionObjective:
         self.keep_self_students = keep_self_students
         self.warmup_decay = warmup_decay
         self.track_distance = track_distance
+        self.track_every = track_every
+        self._calls = 0  # fusion steps so far (after warm-up), for track_every
         # Set by the trainer under DDP: sums a (M,) tensor over ranks, so the per-iteration
         # preference and gate are those of the global batch.
         self.batch_reducer = None
@@ -196,6 +205,8 @@ class PassionObjective:
                 per_modality={k: v.cpu() for k, v in per_mod.items()},
             )
 
+        measure = self.track_distance and self._calls % self.track_every == 0
+        self._calls += 1
         student_mods = self._student_modalities(mask, a) if self.enabled else []
         rows = 1 + len(student_mods)
         out = backbone.fuse(feats, student_masks(mask, student_mods, teacher=True))
@@ -231,7 +242,7 @@ class PassionObjective:
             )
         else:
             loss = loss + self.weight_sep * self._reduce(l_sep).sum()
-            if self.track_distance:
+            if measure:
                 with torch.no_grad():
                     distance = self._measure_distance(
                         backbone, feats, teacher.feature.detach(), mask, a, y

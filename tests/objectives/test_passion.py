@@ -213,6 +213,33 @@ def test_baseline_distance_is_passions_distance(net):
     assert (d_base[[0, 1, 3]] > 0).all() and d_base[2] == 0
 
 
+def test_baseline_tracking_every_k_steps_leaves_training_unchanged(net):
+    """track_every=2 measures D on calls 1, 3, 5 only; losses and gradients are identical."""
+    import copy
+
+    batch = _batch([[True, True, False, True]])
+    runs = {}
+    for k in (1, 2):
+        model = copy.deepcopy(net)
+        objective = build_objective(
+            "baseline", num_modalities=4, num_classes=4, track_distance=True, track_every=k
+        )
+        losses, measured = [], []
+        for _ in range(4):
+            model.zero_grad(set_to_none=True)
+            result = objective(batch, model)
+            result.loss.backward()
+            losses.append(result.loss.item())
+            measured.append("distance" in result.per_modality)
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        runs[k] = losses, measured, grads, objective.state.iterations
+    assert runs[1][1] == [True] * 4 and runs[2][1] == [True, False, True, False]
+    assert runs[1][0] == runs[2][0] and torch.equal(runs[1][2], runs[2][2])
+    assert (runs[1][3], runs[2][3]) == (4, 2)  # the epoch's D averages the measured calls
+    with pytest.raises(ValueError, match="track_every"):
+        build_objective("baseline", num_modalities=4, num_classes=4, track_every=0)
+
+
 def test_baseline_tracking_skips_a_batch_without_students(net):
     calls = []
     hook = net.decoder.register_forward_hook(lambda *_: calls.append(1))
