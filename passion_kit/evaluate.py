@@ -69,6 +69,7 @@ __all__ = [
     "predict_case",
     "dice",
     "hd95",
+    "border_distances",
     "case_metrics",
     "evaluate_cases",
     "summarize",
@@ -166,6 +167,40 @@ def _border(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
+def border_distances(
+    pred: np.ndarray, target: np.ndarray, *, spacing: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (mm) from each border voxel of one set to the other set's border.
+
+    A border voxel is a voxel of the set with a 6-neighbour outside it or outside the
+    volume; :func:`hd95`'s conventions are percentiles of these distances. The distance
+    transforms are restricted to the bounding box of both masks (fast for tumour-sized
+    regions).
+
+    Returns:
+        ``(pred_to_target, target_to_pred)``, one distance per border voxel.
+
+    Raises:
+        ValueError: either set is empty (HD95 is then a convention, not a distance).
+    """
+    from scipy import ndimage
+
+    pred, target = np.asarray(pred, bool), np.asarray(target, bool)
+    if not pred.any() or not target.any():
+        raise ValueError(
+            "border_distances needs two non-empty sets (HD95 of an empty one is a convention)"
+        )
+    coords = np.argwhere(pred | target)
+    box = tuple(
+        slice(max(lo - 1, 0), hi + 2) for lo, hi in zip(coords.min(0), coords.max(0), strict=True)
+    )
+    pb, tb = _border(pred[box]), _border(target[box])
+    sampling = list(spacing) if spacing is not None else None
+    to_target = ndimage.distance_transform_edt(~tb, sampling=sampling)[pb]
+    to_pred = ndimage.distance_transform_edt(~pb, sampling=sampling)[tb]
+    return to_target, to_pred
+
+
 def hd95(
     pred: np.ndarray,
     target: np.ndarray,
@@ -177,12 +212,9 @@ def hd95(
 
     ``official`` and ``brats``: ``P95`` of the distances of both directions pooled, as
     medpy's ``hd95`` (the official code's); ``monai``: ``max(P95 d(pred -> target),
-    P95 d(target -> pred))``. Euclidean distance transforms are restricted to the
-    bounding box of both masks (fast for tumour-sized regions). Empty sets follow
+    P95 d(target -> pred))``, over :func:`border_distances`. Empty sets follow
     ``convention`` (see the module docstring).
     """
-    from scipy import ndimage
-
     if convention not in HD95_EMPTY:
         raise ValueError(f"hd95 convention must be one of {sorted(HD95_EMPTY)}, got {convention!r}")
     p, t = bool(pred.any()), bool(target.any())
@@ -190,14 +222,7 @@ def hd95(
         return 0.0
     if p != t:
         return HD95_EMPTY[convention]
-    coords = np.argwhere(pred | target)
-    box = tuple(
-        slice(max(lo - 1, 0), hi + 2) for lo, hi in zip(coords.min(0), coords.max(0), strict=True)
-    )
-    pb, tb = _border(pred[box].astype(bool)), _border(target[box].astype(bool))
-    sampling = list(spacing) if spacing is not None else None
-    to_target = ndimage.distance_transform_edt(~tb, sampling=sampling)[pb]
-    to_pred = ndimage.distance_transform_edt(~pb, sampling=sampling)[tb]
+    to_target, to_pred = border_distances(pred, target, spacing=spacing)
     if HD95_POOLED[convention]:
         return float(np.percentile(np.concatenate((to_target, to_pred)), 95))
     return float(max(np.percentile(to_target, 95), np.percentile(to_pred, 95)))

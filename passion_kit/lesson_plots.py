@@ -11,9 +11,9 @@ equation and ``assert`` that the run obeyed it:
 - :func:`replay_beta`: beta re-computed epoch by epoch with
   :func:`~passion_kit.preference.update_beta` from the recorded relative preference and
   eta (notebook 06).
-- :func:`border_distances` and :func:`plot_hd95_conventions`: the border-to-border
-  distances behind HD95 and where the official, brats and monai conventions read their
-  value (notebook 07).
+- :func:`plot_hd95_conventions`: the border-to-border distances behind HD95
+  (:func:`~passion_kit.evaluate.border_distances`) and where the official, brats and
+  monai conventions read their value (notebook 07).
 
 Usage::
 
@@ -35,13 +35,12 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from passion_kit.config import ExperimentConfig
-from passion_kit.evaluate import hd95
+from passion_kit.evaluate import border_distances, hd95
 from passion_kit.preference import update_beta
 from passion_kit.viz import PlotFigure, _finish
 
 __all__ = [
     "LOSS_TERMS",
-    "border_distances",
     "plot_hd95_conventions",
     "plot_learning_curve",
     "replay_beta",
@@ -167,35 +166,6 @@ def plot_learning_curve(
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     return _finish(fig, path)
-
-
-def border_distances(
-    pred: np.ndarray, target: np.ndarray, *, spacing: Sequence[float] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Distances (mm) from each border voxel of one set to the other set's border.
-
-    A border voxel is a voxel of the set with a 6-neighbour outside it, as in
-    :func:`passion_kit.evaluate.hd95`, whose three conventions are percentiles of these.
-
-    Returns:
-        ``(pred_to_target, target_to_pred)``, one distance per border voxel.
-
-    Raises:
-        ValueError: either set is empty (HD95 is then a convention, not a distance).
-    """
-    from scipy import ndimage
-
-    pred, target = np.asarray(pred, bool), np.asarray(target, bool)
-    if not pred.any() or not target.any():
-        raise ValueError(
-            "border_distances needs two non-empty sets (HD95 of an empty one is a convention)"
-        )
-    pb = pred & ~ndimage.binary_erosion(pred, border_value=0)
-    tb = target & ~ndimage.binary_erosion(target, border_value=0)
-    sampling = list(spacing) if spacing is not None else None
-    to_target = ndimage.distance_transform_edt(~tb, sampling=sampling)[pb]
-    to_pred = ndimage.distance_transform_edt(~pb, sampling=sampling)[tb]
-    return to_target, to_pred
 
 
 def plot_hd95_conventions(

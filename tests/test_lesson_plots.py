@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from passion_kit.config import ExperimentConfig
-from passion_kit.evaluate import hd95
+from passion_kit.evaluate import border_distances, hd95
 from passion_kit.lesson_plots import (
-    border_distances,
     plot_hd95_conventions,
     plot_learning_curve,
     replay_beta,
