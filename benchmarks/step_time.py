@@ -10,7 +10,12 @@ Usage::
     python benchmarks/step_time.py --backbone rfnet --patch-size 48 --device cpu
     python benchmarks/step_time.py --backbone rfnet --patch-size 80 --device cuda --amp
 
-The last line is ``passion/baseline step ratio: X.XX`` (median step times).
+The last line is ``passion/baseline step ratio: X.XX`` (median step times). With
+``--profile``, a table first says where each objective's step goes, module by module
+(forward and backward; the fusion decoder part by part, level by level), from
+``torch.profiler``: a backward op is charged to the module whose forward op recorded it.
+
+    python benchmarks/step_time.py --backbone rfnet --patch-size 80 --device cpu --profile
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 def _setup(args: argparse.Namespace, objective_name: str):
     """A fresh backbone, objective, optimizer and step function (same seed for both)."""
     import torch
+    from torch.profiler import record_function
 
     import passion_kit as pk
 
@@ -51,15 +57,104 @@ def _setup(args: argparse.Namespace, objective_name: str):
             torch.cuda.synchronize()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            result = objective(batch, net)
+        with record_function("step: forward"):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                result = objective(batch, net)
         result.loss.backward()
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
+    step.net = net  # for --profile
     return step
+
+
+def _module_groups(net) -> dict:
+    """Module -> its row in the profile: each part of the backbone, and the fusion decoder
+    (``decoder``) part by part, one row per level for its per-level lists."""
+    from torch import nn
+
+    groups = {}
+    for name, child in net.named_children():
+        if name != "decoder":  # a list (one encoder per modality) is one row
+            for module in child if isinstance(child, nn.ModuleList) else [child]:
+                groups[module] = name
+            continue
+        for sub, part in child.named_children():
+            items = enumerate(part) if isinstance(part, nn.ModuleList) else [(None, part)]
+            for i, module in items:
+                groups[module] = f"decoder.{sub}" + ("" if i is None else f"[{i}]")
+    return groups
+
+
+def _profile(step, steps: int) -> dict[str, tuple[float, float]]:
+    """Seconds per step, (forward, backward), of every module group, the rest and AdamW."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    ranges: list = []
+    hooks = []
+    for module, label in _module_groups(step.net).items():
+
+        def pre(_m, _i, label=label):
+            ranges.append(record_function(f"module: {label}"))
+            ranges[-1].__enter__()
+
+        def post(_m, _i, _o):
+            ranges.pop().__exit__(None, None, None)
+
+        hooks += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    events = prof.events()
+    label_of_seq: dict[int, str] = {}
+    totals: dict[str, list[float]] = {}
+
+    def add(label: str, kind: int, us: float) -> None:
+        totals.setdefault(label, [0.0, 0.0])[kind] += us / 1e6 / steps
+
+    def nearest_module(ev):
+        while ev is not None and not ev.name.startswith("module: "):
+            ev = ev.cpu_parent
+        return ev.name[len("module: ") :] if ev is not None else None
+
+    for ev in events:
+        if ev.name.startswith("module: "):  # forward time not spent in a nested module
+            nested = [c for c in ev.cpu_children if c.name.startswith("module: ")]
+            add(ev.name[8:], 0, ev.cpu_time_total - sum(c.cpu_time_total for c in nested))
+        elif ev.sequence_nr >= 0 and not ev.name.startswith("autograd::"):
+            label = nearest_module(ev)
+            if label is not None:
+                label_of_seq.setdefault(ev.sequence_nr, label)
+    forward_all = sum(ev.cpu_time_total for ev in events if ev.name == "step: forward")
+    for ev in events:
+        if ev.name.startswith("autograd::engine::evaluate_function") and ev.cpu_parent is None:
+            add(label_of_seq.get(ev.sequence_nr, "rest: losses, masks, glue"), 1, ev.cpu_time_total)
+        elif ev.name.startswith("Optimizer.step"):
+            add("optimizer (AdamW)", 0, ev.cpu_time_total)
+    in_modules = sum(v[0] for k, v in totals.items() if not k.startswith(("rest", "optim")))
+    add("rest: losses, masks, glue", 0, forward_all - in_modules * 1e6 * steps)
+    return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
+def _print_profile(profiles: dict[str, dict[str, tuple[float, float]]]) -> None:
+    names = list(profiles)
+    rows = list(dict.fromkeys(k for p in profiles.values() for k in p))
+    head = "".join(f"{n + ' fwd':>15}{n + ' bwd':>15}" for n in names)
+    print(f"{'where a step goes (s)':<30}{head}")
+    for row in rows:
+        cells = "".join(
+            f"{profiles[n].get(row, (0, 0))[0]:>15.3f}{profiles[n].get(row, (0, 0))[1]:>15.3f}"
+            for n in names
+        )
+        print(f"{row:<30}{cells}")
+    totals = "".join(f"{sum(a + b for a, b in profiles[n].values()):>30.3f}" for n in names)
+    print(f"{'total (profiled)':<30}{totals}")
 
 
 def _peak_memory(args: argparse.Namespace, objective_name: str, queue) -> None:
@@ -90,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--profile", action="store_true", help="where a step goes, per module")
     args = parser.parse_args(argv)
 
     import torch
@@ -119,6 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name in names:
             times[name].append(steps[name]())
 
+    profiles = {name: _profile(steps[name], args.steps) for name in names} if args.profile else {}
+
     memory_kind = "peak GPU memory" if args.device.startswith("cuda") else "peak RSS"
     print(
         f"backbone {args.backbone}, patch {args.patch_size}^3, batch {args.batch_size}, "
@@ -126,13 +224,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"{platform.machine()}, {os.cpu_count()} CPUs"
     )
+    if profiles:
+        _print_profile(profiles)
     print(f"{'objective':<10} {'median step (s)':>16} {'min (s)':>9} {memory_kind + ' (MB)':>20}")
     for name in names:
         median = statistics.median(times[name])
         print(f"{name:<10} {median:>16.3f} {min(times[name]):>9.3f} {peak[name]:>20.0f}")
     ratio = statistics.median(times["passion"]) / statistics.median(times["baseline"])
     print(f"passion/baseline step ratio: {ratio:.2f}")
-    return {"ratio": ratio, "times": times, "peak_mb": peak}
+    return {"ratio": ratio, "times": times, "peak_mb": peak, "profile": profiles}
 
 
 if __name__ == "__main__":

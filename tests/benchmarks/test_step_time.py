@@ -33,3 +33,36 @@ def test_step_time_prints_both_objectives_and_the_ratio():
     assert any(line.startswith("baseline ") for line in lines)
     assert any(line.startswith("passion ") for line in lines)
     assert re.fullmatch(r"passion/baseline step ratio: \d+\.\d\d", lines[-1])
+
+
+@pytest.mark.slow
+def test_the_profile_charges_each_module_its_forward_and_backward():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/step_time.py",
+            "--patch-size",
+            "16",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--profile",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 5 and re.fullmatch(r"[\d.]+", parts[1]):
+            rows[parts[0]] = [float(p) for p in parts[1:]]
+    # encoders, the unimodal decoder, the fusion decoder level by level, the rest, AdamW
+    assert {"encoders", "sep_decoder", "decoder.rfm[0]", "decoder.prm[3]"} <= set(rows)
+    assert rows["encoders"][1] > 0 and rows["encoders"][3] > 0  # backward charged too
+    assert rows["decoder.rfm[0]"][3] > 0  # PASSION's students pass the finest RFM
+    assert all(v >= 0 for v4 in rows.values() for v in v4)
+    assert "rest: losses, masks, glue" in out and "optimizer (AdamW)" in out
