@@ -88,6 +88,10 @@ def _module_groups(net) -> dict:
     return groups
 
 
+MODULE = "module: "  # profiler ranges opened around each module group's forward
+REST = "rest: losses, masks, glue"
+
+
 def _profile(step, steps: int) -> dict[str, tuple[float, float]]:
     """Seconds per step, (forward, backward), of every module group, the rest and AdamW."""
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -97,7 +101,7 @@ def _profile(step, steps: int) -> dict[str, tuple[float, float]]:
     for module, label in _module_groups(step.net).items():
 
         def pre(_m, _i, label=label):
-            ranges.append(record_function(f"module: {label}"))
+            ranges.append(record_function(MODULE + label))
             ranges[-1].__enter__()
 
         def post(_m, _i, _o):
@@ -119,26 +123,28 @@ def _profile(step, steps: int) -> dict[str, tuple[float, float]]:
         totals.setdefault(label, [0.0, 0.0])[kind] += us / 1e6 / steps
 
     def nearest_module(ev):
-        while ev is not None and not ev.name.startswith("module: "):
+        while ev is not None and not ev.name.startswith(MODULE):
             ev = ev.cpu_parent
-        return ev.name[len("module: ") :] if ev is not None else None
+        return ev.name.removeprefix(MODULE) if ev is not None else None
 
+    in_modules = 0.0  # forward microseconds spent inside some module group
     for ev in events:
-        if ev.name.startswith("module: "):  # forward time not spent in a nested module
-            nested = [c for c in ev.cpu_children if c.name.startswith("module: ")]
-            add(ev.name[8:], 0, ev.cpu_time_total - sum(c.cpu_time_total for c in nested))
+        if ev.name.startswith(MODULE):  # forward time not spent in a nested module
+            nested = [c for c in ev.cpu_children if c.name.startswith(MODULE)]
+            own = ev.cpu_time_total - sum(c.cpu_time_total for c in nested)
+            add(ev.name.removeprefix(MODULE), 0, own)
+            in_modules += own
         elif ev.sequence_nr >= 0 and not ev.name.startswith("autograd::"):
             label = nearest_module(ev)
             if label is not None:
                 label_of_seq.setdefault(ev.sequence_nr, label)
     forward_all = sum(ev.cpu_time_total for ev in events if ev.name == "step: forward")
+    add(REST, 0, forward_all - in_modules)
     for ev in events:
         if ev.name.startswith("autograd::engine::evaluate_function") and ev.cpu_parent is None:
-            add(label_of_seq.get(ev.sequence_nr, "rest: losses, masks, glue"), 1, ev.cpu_time_total)
+            add(label_of_seq.get(ev.sequence_nr, REST), 1, ev.cpu_time_total)
         elif ev.name.startswith("Optimizer.step"):
             add("optimizer (AdamW)", 0, ev.cpu_time_total)
-    in_modules = sum(v[0] for k, v in totals.items() if not k.startswith(("rest", "optim")))
-    add("rest: losses, masks, glue", 0, forward_all - in_modules * 1e6 * steps)
     return {k: (v[0], v[1]) for k, v in totals.items()}
 
 

@@ -1,34 +1,15 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.bench_helpers import run_benchmark
 
 
 @pytest.mark.slow
 def test_step_time_prints_both_objectives_and_the_ratio():
-    out = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/step_time.py",
-            "--patch-size",
-            "16",
-            "--steps",
-            "1",
-            "--warmup",
-            "0",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    ).stdout
+    out = run_benchmark("step_time.py", "--patch-size", "16", "--steps", "1", "--warmup", "0")
     lines = out.strip().splitlines()
     assert any(line.startswith("baseline ") for line in lines)
     assert any(line.startswith("passion ") for line in lines)
@@ -37,24 +18,9 @@ def test_step_time_prints_both_objectives_and_the_ratio():
 
 @pytest.mark.slow
 def test_the_profile_charges_each_module_its_forward_and_backward():
-    out = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/step_time.py",
-            "--patch-size",
-            "16",
-            "--steps",
-            "1",
-            "--warmup",
-            "1",
-            "--profile",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    ).stdout
+    out = run_benchmark(
+        "step_time.py", "--patch-size", "16", "--steps", "1", "--warmup", "1", "--profile"
+    )
     rows = {}
     for line in out.splitlines():
         parts = line.split()
