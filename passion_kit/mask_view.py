@@ -31,7 +31,6 @@ Usage (CPU, seconds)::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -384,11 +383,8 @@ def trained_run(
     the main job's PASSION RFNet run of seed 0) is unpacked under ``run_dir``, and its
     phantom generated under ``data_root`` where absent; nothing is trained.
     """
+    from passion_kit.train import RunFiles
     from passion_kit.widgets import explorer_run
 
     run = Path(main_job) / "runs" / name
-    meta = run / "meta.json"
-    if (run / "checkpoint_last.pt").exists() and meta.exists():
-        if json.loads(meta.read_text()).get("status") == "complete":
-            return run
-    return explorer_run(data_root, run_dir)
+    return run if RunFiles(run).complete() else explorer_run(data_root, run_dir)

@@ -22,7 +22,6 @@ Usage (CPU, seconds)::
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -83,14 +82,12 @@ def passion_run(
         holds its ``history_modality.csv``.
     """
     from passion_kit.reproduce import point_name
-    from passion_kit.train import _ensure_data, load_checkpoint
+    from passion_kit.train import RunFiles, _ensure_data, load_checkpoint
     from passion_kit.widgets import SHIPPED_EXPLORER
 
-    run = Path(run_dir) / point_name("passion", preset="cpu", dataset="phantom")
-    meta = run / "meta.json"
-    complete = meta.is_file() and json.loads(meta.read_text()).get("status") == "complete"
-    if complete and (run / "checkpoint_last.pt").is_file():
-        source, checkpoint = run, run / "checkpoint_last.pt"
+    files = RunFiles(Path(run_dir) / point_name("passion", preset="cpu", dataset="phantom"))
+    if files.complete():
+        source, checkpoint = files.root, files.last
     else:
         source, checkpoint = SHIPPED_EXPLORER, SHIPPED_EXPLORER / "checkpoint.pt"
     cfg = ExperimentConfig.from_dict(load_checkpoint(checkpoint)["config"], source=str(checkpoint))

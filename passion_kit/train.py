@@ -171,6 +171,13 @@ class RunFiles:
     def epoch_checkpoint(self, epoch: int) -> Path:
         return self.root / f"checkpoint_epoch{epoch}.pt"
 
+    def complete(self) -> bool:
+        """True when the run trained all its epochs: its last checkpoint is there and its
+        ``meta.json`` says ``complete``."""
+        if not (self.last.is_file() and self.meta.is_file()):
+            return False
+        return json.loads(self.meta.read_text()).get("status") == "complete"
+
 
 def _reseed(seed: int, epoch: int) -> None:
     s = (seed * 1_000_003 + epoch) % 2**31

@@ -10,13 +10,25 @@ import pytest
 import torch
 
 from passion_kit.models import available_backbones
-from passion_kit.train import fit, load_checkpoint, poly_lr, select_device
+from passion_kit.train import RunFiles, fit, load_checkpoint, poly_lr, select_device
 from tests.conftest import tiny_config
 
 
 def _rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_a_run_is_complete_only_with_its_checkpoint_and_a_complete_meta(tmp_path):
+    files = RunFiles(tmp_path / "run")
+    assert not files.complete()  # no folder
+    files.root.mkdir()
+    files.meta.write_text(json.dumps({"status": "complete"}))
+    assert not files.complete()  # no checkpoint
+    files.last.write_bytes(b"")
+    assert files.complete()
+    files.meta.write_text(json.dumps({"status": "in progress"}))
+    assert not files.complete()
 
 
 @pytest.mark.parametrize("backbone", available_backbones())
@@ -34,6 +46,7 @@ def test_fit_writes_a_complete_run(phantom_root, tmp_path, backbone, objective):
     }
     meta = json.loads((run / "meta.json").read_text())
     assert meta["status"] == "complete" and meta["epochs_completed"] == 2
+    assert RunFiles(run).complete()
     epochs = _rows(run / "history_epoch.csv")
     assert [int(r["epoch"]) for r in epochs] == [0, 1]
     lr = cfg.train.lr
