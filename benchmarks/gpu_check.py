@@ -2,13 +2,16 @@
 
 Prints one table: for every backbone, the median time and peak memory of one training
 step at 80^3, batch 1 (IDT, FLAIR + T1c + T2), with PASSION off and on, in fp32 and
-bf16; then the 15-combination evaluation time of one full-size (240 x 240 x 155)
-phantom case (80^3 windows, 0.5 overlap, encoders once per window).
+bf16 (CUDA events, after warm-up steps); then the 15-combination evaluation time of one
+full-size (240 x 240 x 155) phantom case (80^3 windows, 0.5 overlap, encoders once per
+window). With ``--kernels``, two more columns say how busy the GPU is in a PASSION step:
+the number of kernels launched and the summed kernel time (a step much longer than its
+kernel time is bound by the launches, not by the GPU's arithmetic).
 
 Usage (about 3-6 minutes on one recent GPU)::
 
     python benchmarks/gpu_check.py
-    python benchmarks/gpu_check.py --backbones rfnet --skip-eval
+    python benchmarks/gpu_check.py --backbones rfnet --skip-eval --cudnn-benchmark --kernels
 
 Runs without MONAI or nibabel (the kit imports them lazily): the evaluation row then
 says it was skipped. Wheels of both can be carried and installed offline instead.
@@ -53,8 +56,22 @@ def _time_steps(setup, backbone: str, objective: str, amp: bool, args) -> tuple[
         step()
     times = [step() for _ in range(args.steps)]
     peak = torch.cuda.max_memory_allocated() / 2**30
+    kernels = _kernel_time(step) if args.kernels and objective == "passion" else None
     del step
-    return statistics.median(times), peak
+    return statistics.median(times), peak, kernels
+
+
+def _kernel_time(step, steps: int = 3) -> tuple[float, float]:
+    """(kernels launched, summed kernel seconds) per step, from the CUDA profiler."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    busy = sum(e.device_time_total for e in kernels) / 1e6
+    return len(kernels) / steps, busy / steps
 
 
 def _eval_case(backbone: str, args) -> str:
@@ -90,10 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbones", default="", help="comma-separated (default: all)")
     parser.add_argument("--patch-size", type=int, default=80)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument(
+        "--cudnn-benchmark", action="store_true", help="let cuDNN pick its convolution kernels"
+    )
+    parser.add_argument("--kernels", action="store_true", help="kernel count and time per step")
     args = parser.parse_args(argv)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
     if not torch.cuda.is_available():
         print("no CUDA GPU visible: nothing to check")
@@ -115,20 +137,27 @@ def main(argv: list[str] | None = None) -> int:
         "| backbone | precision | baseline step (s) | PASSION step (s) | ratio "
         "| baseline peak (GiB) | PASSION peak (GiB) | 15-combination eval, 240x240x155 |"
     )
-    print(f"\npatch {args.patch_size}^3, batch 1, median of {args.steps} steps\n")
+    if args.kernels:
+        header += " PASSION kernels per step | PASSION kernel time (s) |"
+    print(
+        f"\npatch {args.patch_size}^3, batch 1, median of {args.steps} steps after "
+        f"{args.warmup} warm-up steps, CUDA events, cudnn.benchmark {args.cudnn_benchmark}\n"
+    )
     print(header)
-    print("|" + "---|" * 8)
+    print("|" + "---|" * header.count(" |"))
     for backbone in backbones:
         evaluation = "skipped" if args.skip_eval else _eval_case(backbone, args)
         for amp in (False, True):
-            base_t, base_m = _time_steps(setup, backbone, "baseline", amp, args)
-            pas_t, pas_m = _time_steps(setup, backbone, "passion", amp, args)
-            print(
+            base_t, base_m, _ = _time_steps(setup, backbone, "baseline", amp, args)
+            pas_t, pas_m, kernels = _time_steps(setup, backbone, "passion", amp, args)
+            row = (
                 f"| {backbone} | {'bf16' if amp else 'fp32'} | {base_t:.3f} | {pas_t:.3f} "
                 f"| {pas_t / base_t:.2f} | {base_m:.2f} | {pas_m:.2f} "
-                f"| {evaluation if amp else ''} |",
-                flush=True,
+                f"| {evaluation if amp else ''} |"
             )
+            if kernels:
+                row += f" {kernels[0]:.0f} | {kernels[1]:.3f} |"
+            print(row, flush=True)
     return 0
 
 

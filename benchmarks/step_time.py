@@ -52,9 +52,14 @@ def _setup(args: argparse.Namespace, objective_name: str):
     batch = {"image": image, "label": label, "mask": mask}
     amp_dtype = torch.bfloat16 if args.amp else None
 
+    cuda = device.type == "cuda"
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if cuda else []
+
     def step() -> float:
-        if device.type == "cuda":
+        """One step; seconds from zero_grad to the end of the update (CUDA events on a GPU)."""
+        if cuda:
             torch.cuda.synchronize()
+            events[0].record()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         with record_function("step: forward"):
@@ -62,8 +67,10 @@ def _setup(args: argparse.Namespace, objective_name: str):
                 result = objective(batch, net)
         result.loss.backward()
         optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        if cuda:
+            events[1].record()
+            events[1].synchronize()
+            return events[0].elapsed_time(events[1]) / 1e3
         return time.perf_counter() - start
 
     step.net = net  # for --profile
