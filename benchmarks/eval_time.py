@@ -11,6 +11,8 @@ overlap). Usage::
     python benchmarks/eval_time.py --backbone rfnet --device cpu
 
 The last line is ``15-combination speed-up: X.XX`` (per-mask time / kit time, medians).
+On CPU both run as ``evaluate_run`` runs them, with freed memory reused
+(``passion_kit.env.reuse_freed_memory``); ``--system-malloc`` leaves glibc's defaults.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--chunk", type=int, default=15, help="masks fused per call")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument(
+        "--system-malloc", action="store_true", help="CPU: glibc's defaults, freed memory unmapped"
+    )
     args = parser.parse_args(argv)
 
     from monai.inferers import sliding_window_inference
@@ -42,9 +47,11 @@ def main(argv: list[str] | None = None) -> float:
     import passion_kit as pk
     from passion_kit.data.modalities import BRATS
     from passion_kit.data.phantom import generate_case
+    from passion_kit.env import reuse_freed_memory
     from passion_kit.evaluate import MultiMaskPredictor
 
     device = torch.device(args.device)
+    reusing = device.type == "cpu" and not args.system_malloc and reuse_freed_memory()
     torch.manual_seed(0)
     net = pk.build_backbone(args.backbone, width=args.width, patch_size=args.window).to(device)
     net.eval()
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> float:
         f"{args.overlap}, device {args.device}{' (bf16)' if args.amp else ''}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs"
+        + (f", freed memory reused {'yes' if reusing else 'no'}" if device.type == "cpu" else "")
     )
     print(f"{'method':<10} {'median (s)':>11} {'min (s)':>9}")
     for name, values in times.items():

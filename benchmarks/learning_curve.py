@@ -266,9 +266,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import torch
 
     from passion_kit.config import ExperimentConfig
+    from passion_kit.env import reuse_freed_memory
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # as fit does on CPU
     try:
         cfg = ExperimentConfig.preset(args.preset).override(
             [

@@ -10,7 +10,9 @@ Usage::
     python benchmarks/step_time.py --backbone rfnet --patch-size 48 --device cpu
     python benchmarks/step_time.py --backbone rfnet --patch-size 80 --device cuda --amp
 
-The last line is ``passion/baseline step ratio: X.XX`` (median step times). With
+The last line is ``passion/baseline step ratio: X.XX`` (median step times). On CPU the
+steps run as ``fit`` runs them, with freed memory reused (``passion_kit.env.reuse_freed_memory``);
+``--system-malloc`` leaves glibc's defaults, to see what that saves. With
 ``--profile``, a table first says where each objective's step goes, module by module
 (forward and backward; the fusion decoder part by part, level by level), from
 ``torch.profiler``: a backward op is charged to the module whose forward op recorded it.
@@ -170,12 +172,22 @@ def _print_profile(profiles: dict[str, dict[str, tuple[float, float]]]) -> None:
     print(f"{'total (profiled)':<30}{totals}")
 
 
+def _configure(args: argparse.Namespace) -> bool:
+    """Threads, and on CPU the allocator as ``fit`` sets it; True when freed memory is reused."""
+    import torch
+
+    from passion_kit.env import reuse_freed_memory
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args.device == "cpu" and not args.system_malloc and reuse_freed_memory()
+
+
 def _peak_memory(args: argparse.Namespace, objective_name: str, queue) -> None:
     """In a fresh process: peak memory of two steps of one objective."""
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _configure(args)
     step = _setup(args, objective_name)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -199,12 +211,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--profile", action="store_true", help="where a step goes, per module")
+    parser.add_argument(
+        "--system-malloc", action="store_true", help="CPU: glibc's defaults, freed memory unmapped"
+    )
     args = parser.parse_args(argv)
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    reusing = _configure(args)
     names = ("baseline", "passion")
     ctx = mp.get_context("spawn")
     peak = {}
@@ -236,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"width {args.width}, device {args.device}{' (bf16 autocast)' if args.amp else ''}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"{platform.machine()}, {os.cpu_count()} CPUs"
+        + (f", freed memory reused {'yes' if reusing else 'no'}" if args.device == "cpu" else "")
     )
     if profiles:
         _print_profile(profiles)

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from passion_kit.config import PLACE_KEYS, ExperimentConfig
 from passion_kit.data import PreparedDataset, load_description
 from passion_kit.data.description import DatasetDescription
+from passion_kit.env import reuse_freed_memory
 from passion_kit.io import (
     atomic_write_text,
     check_writable,
@@ -492,6 +493,8 @@ def evaluate_run(
     """
     loaded = load_run(run_dir, checkpoint=checkpoint, data_root=data_root, device=device)
     cfg, state, backbone, dev = loaded.cfg, loaded.state, loaded.backbone, loaded.device
+    if dev.type == "cpu":
+        reuse_freed_memory()  # the windows' 15 mask rows are not faulted in again per window
     run = Path(run_dir)
     if checkpoint is not None:
         _check_same_run(run, Path(checkpoint), cfg)

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 import passion_kit
 from passion_kit.config import ExperimentConfig
 from passion_kit.data import PreparedDataset, augment_for
+from passion_kit.env import reuse_freed_memory
 from passion_kit.io import (
     atomic_torch_save,
     atomic_write_text,
@@ -325,6 +326,8 @@ def fit(cfg: ExperimentConfig, *, stop_after: int | None = None) -> Path:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
+    if device.type == "cpu":
+        reuse_freed_memory()  # large activations are not faulted in again on every step
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
