@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from passion_kit.models.base import Backbone, Features, FusionOut, expand_rows, rows_per_sample
-from passion_kit.models.blocks import ConvNormAct, SkipDecoder, upsample
+from passion_kit.models.blocks import ConvNormAct, InstanceNorm3d, SkipDecoder, upsample
 from passion_kit.models.transformer import TransformerLayer, row_dropout
 
 __all__ = ["M2FTrans"]
@@ -164,7 +164,7 @@ class WeightedFusion(nn.Module):
         super().__init__()
         self.mix = nn.Conv3d(num_modalities * ch, ch, 1)
         self.rest = nn.Sequential(
-            nn.InstanceNorm3d(ch),
+            InstanceNorm3d(ch),
             nn.LeakyReLU(0.2, inplace=True),
             ConvNormAct(ch, ch, kernel=3),
             ConvNormAct(ch, ch, kernel=1),

@@ -57,10 +57,12 @@ from torch import nn
 from passion_kit.models.base import Backbone, Features, FusionOut, expand_rows, rows_per_sample
 from passion_kit.models.blocks import (
     Conv3d,
+    InstanceNorm3d,
     Kernel,
     MaskedModalityConv,
     SkipDecoder,
     as_kernel,
+    instance_norm,
     upsample,
 )
 from passion_kit.models.transformer import TransformerLayer
@@ -83,7 +85,7 @@ class PreNormConv(nn.Sequential):
         padding_mode: str = "reflect",
     ) -> None:
         super().__init__(
-            nn.InstanceNorm3d(in_ch),
+            InstanceNorm3d(in_ch),
             nn.LeakyReLU(0.2, inplace=True),
             Conv3d(
                 in_ch,
@@ -175,7 +177,7 @@ class MaskedFusion(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: (B, M, C, *sp); mask: (B * S, M) -> (B * S, C, *sp)."""
         b, m, c = x.shape[:3]
-        act = F.leaky_relu(F.instance_norm(x.reshape(b, m * c, *x.shape[3:])), 0.2)
+        act = F.leaky_relu(instance_norm(x.reshape(b, m * c, *x.shape[3:])), 0.2)
         return self.rest(self.mix(act.view_as(x), mask))
 
 

@@ -31,7 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from passion_kit.models.base import Backbone, Features, FusionOut, rows_per_sample
-from passion_kit.models.blocks import ConvNormAct, MaskedModalityConv, kaiming_init, upsample
+from passion_kit.models.blocks import (
+    ConvNormAct,
+    InstanceNorm3d,
+    MaskedModalityConv,
+    kaiming_init,
+    upsample,
+)
 
 __all__ = ["RFNet"]
 
@@ -102,7 +108,7 @@ class PRMGenerator(nn.Module):
         self.first = first
         self.embed_in = MaskedModalityConv(num_modalities, ch, ch // 4)
         self.embed_rest = nn.Sequential(
-            nn.InstanceNorm3d(ch // 4),
+            InstanceNorm3d(ch // 4),
             nn.LeakyReLU(0.2, inplace=True),
             ConvNormAct(ch // 4, ch // 4, kernel=3),
             ConvNormAct(ch // 4, ch, kernel=1),
@@ -149,7 +155,7 @@ class RegionAwareFusion(nn.Module):
         )
         self.shortcut_in = MaskedModalityConv(num_modalities, ch, ch)
         self.shortcut_rest = nn.Sequential(
-            nn.InstanceNorm3d(ch),
+            InstanceNorm3d(ch),
             nn.LeakyReLU(0.2, inplace=True),
             ConvNormAct(ch, ch, kernel=3),
             ConvNormAct(ch, ch // 2, kernel=1),

@@ -1,4 +1,5 @@
-"""The fast reflect-padded convolution and trilinear upsampling equal the native ops."""
+"""The fast reflect-padded convolution, trilinear upsampling and instance norm equal the
+native ops."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from passion_kit.models.blocks import Conv3d, upsample
+from passion_kit.models.blocks import Conv3d, InstanceNorm3d, _SplitInstanceNorm, upsample
 
 
 @pytest.mark.parametrize(
@@ -64,3 +65,34 @@ def test_upsample_keeps_a_bf16_input_bf16_and_computes_in_fp32():
         x.bfloat16().float(), size=(8, 8, 8), mode="trilinear", align_corners=True
     )
     torch.testing.assert_close(y.float(), native.bfloat16().float(), rtol=0, atol=2e-2)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 6, 5, 4), (1, 8, 9, 9, 9)])
+def test_split_instance_norm_equals_the_native_one_with_its_gradient(shape):
+    """The CUDA form (run here on CPU) against F.instance_norm, values and gradients."""
+    x = (torch.randn(*shape, dtype=torch.float64) * 3 + 1).requires_grad_()
+    torch.autograd.gradcheck(lambda t: _SplitInstanceNorm.apply(t, 1e-5), (x,))
+    x32 = x.detach().float().requires_grad_()
+    ref = x.detach().float().requires_grad_()
+    g = torch.randn(shape)
+    out = _SplitInstanceNorm.apply(x32, 1e-5)
+    expected = F.instance_norm(ref, eps=1e-5)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.backward(g)
+    expected.backward(g)
+    torch.testing.assert_close(x32.grad, ref.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_split_instance_norm_keeps_a_bf16_input_bf16_with_fp32_statistics():
+    x = torch.randn(1, 4, 8, 8, 8) * 5 + 100  # a large mean: bf16 statistics would fail
+    out = _SplitInstanceNorm.apply(x.bfloat16(), 1e-5)
+    assert out.dtype == torch.bfloat16
+    expected = F.instance_norm(x.bfloat16().float(), eps=1e-5)
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_instance_norm_module_keeps_the_native_path_on_cpu_and_has_no_state():
+    norm = InstanceNorm3d(4)
+    assert dict(norm.state_dict()) == {}
+    x = torch.randn(2, 4, 5, 5, 5)
+    torch.testing.assert_close(norm(x), F.instance_norm(x), rtol=0, atol=0)
