@@ -92,11 +92,19 @@ class MultiMaskPredictor:
     Args:
         backbone: the trained backbone (put in eval mode by the caller).
         masks: (C, M) bool, the combinations to predict.
-        chunk: masks fused per ``fuse`` call (memory vs. speed).
+        chunk: at most this many masks fused per ``fuse`` call (memory vs. speed).
 
     Calling it on a window batch (B, M, *roi) returns (B, C * K, *roi): the K class
     probabilities of mask 0, then of mask 1, and so on.
+
+    On CPU a call also fuses at most ``CPU_ROW_VOXELS`` mask-row voxels (B x masks x
+    window voxels): beyond that the batched decoder runs slower per mask than smaller
+    calls. ``python benchmarks/eval_time.py --backbone rfnet --device cpu --chunk N``
+    (80^3 window) took 10.1 s with 15 masks per call, 5.9 s with 4 or 2, 6.5 s with 1;
+    with a 48^3 window, 15 per call was fastest.
     """
+
+    CPU_ROW_VOXELS = 2**21  # 4 masks of an 80^3 window, all 15 of a 48^3 one
 
     def __init__(self, backbone: Backbone, masks: torch.Tensor, chunk: int = 15) -> None:
         self.backbone = backbone
@@ -108,9 +116,12 @@ class MultiMaskPredictor:
         b = window.shape[0]
         feats = self.backbone.encode(window)
         masks = self.masks.to(window.device)
+        chunk = self.chunk
+        if window.device.type == "cpu":
+            chunk = max(1, min(chunk, self.CPU_ROW_VOXELS // window[:, 0].numel()))
         outs = []
-        for start in range(0, masks.shape[0], self.chunk):
-            part = masks[start : start + self.chunk]  # (S, M)
+        for start in range(0, masks.shape[0], chunk):
+            part = masks[start : start + chunk]  # (S, M)
             rows = part.unsqueeze(0).expand(b, -1, -1).reshape(-1, part.shape[1])
             logits = self.backbone.fuse(feats, rows).logits.float()
             outs.append(F.softmax(logits, 1).view(b, part.shape[0], *logits.shape[1:]))

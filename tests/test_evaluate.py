@@ -143,17 +143,45 @@ def test_regions_and_etpro():
     assert case_metrics(no_et, no_et, regions)["dice_ETPro"] == 1.0  # both empty
 
 
-def test_encoder_reuse_equals_one_network_per_mask():
+SMALL = {  # CPU-sized settings (transformer widths shrunk)
+    "rfnet": {"patch_size": 16},
+    "mmformer": {"patch_size": 32, "width": 4, "embed_dim": 32, "mlp_dim": 64, "heads": 4},
+    "m2ftrans": {"patch_size": 32, "width": 4, "mlp_dim": 64, "heads": 4},
+}
+
+
+@pytest.mark.parametrize("name", pk.available_backbones())
+def test_encoder_reuse_equals_one_network_per_mask(name):
+    """Every one of the 15 masks, every backbone: the kit's evaluation path (encoders once,
+    masks batched and chunked) against the plain one (zeroed inputs, one network per mask)."""
     torch.manual_seed(0)
-    net = pk.build_backbone("rfnet", patch_size=16).eval()
-    window = torch.randn(2, 4, 16, 16, 16)
+    net = pk.build_backbone(name, **SMALL[name]).eval()
+    size = SMALL[name]["patch_size"]
+    window = torch.randn(2, 4, size, size, size)
     masks = BRATS.mask_tensor()
-    fast = MultiMaskPredictor(net, masks, chunk=4)(window).view(2, 15, 4, 16, 16, 16)
+    fast = MultiMaskPredictor(net, masks, chunk=4)(window).view(2, 15, 4, size, size, size)
     with torch.no_grad():
         for i, mask in enumerate(masks):
             zeroed = window * mask[None, :, None, None, None]  # IDT: absent channels are zeros
             slow = torch.softmax(net(zeroed, mask.expand(2, -1)), 1)
             torch.testing.assert_close(fast[:, i], slow, rtol=1e-4, atol=1e-5)
+
+
+def test_the_cpu_row_budget_splits_the_masks_over_calls_with_the_same_output():
+    torch.manual_seed(0)
+    net = pk.build_backbone("rfnet", patch_size=16).eval()
+    window = torch.randn(2, 4, 16, 16, 16)
+    masks = BRATS.mask_tensor()
+    whole = MultiMaskPredictor(net, masks)
+    whole.CPU_ROW_VOXELS = 2**30
+    split = MultiMaskPredictor(net, masks)
+    split.CPU_ROW_VOXELS = 2 * 4 * 16**3  # 4 masks of this 2-window batch per call
+    rows = []
+    fuse = net.fuse
+    net.fuse = lambda feats, mask: rows.append(mask.shape[0]) or fuse(feats, mask)
+    expected, got = whole(window), split(window)
+    assert rows == [30, 8, 8, 8, 6]  # all 15 at once, then 4 + 4 + 4 + 3
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
