@@ -82,6 +82,25 @@ def test_all_masks_idt_batched(name):
 
 
 @pytest.mark.parametrize("name", available_backbones())
+def test_every_mask_batched_equals_its_own_call(name):
+    """All 15 masks as rows of one call (as PASSION's teacher and students run) against
+    one call per mask: logits, deep outputs and features agree for every mask."""
+    net = build(name).eval()
+    masks = all_masks(4)
+    with torch.no_grad():
+        feats = net.encode(image(net, 1))
+        joint = net.fuse(feats, masks)
+        for r, mask in enumerate(masks):
+            single = net.fuse(feats, mask[None])
+            torch.testing.assert_close(joint.logits[r : r + 1], single.logits, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                joint.feature[r : r + 1], single.feature, rtol=1e-4, atol=1e-4
+            )
+            for dj, ds in zip(joint.deep, single.deep, strict=True):
+                torch.testing.assert_close(dj[r : r + 1], ds, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", available_backbones())
 def test_rows_equal_separate_calls(name):
     """Row r of a B * S mask applies to sample r // S (eval mode, so no dropout)."""
     net = build(name).eval()
