@@ -34,6 +34,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_time import _setup  # noqa: E402 - the kit's step, exactly as step_time.py times it
+
 
 def _official_root(path: str) -> Path:
     """The folder that holds ``models/rfnet.py`` (the checkout or its ``code/``)."""
@@ -66,21 +69,6 @@ def _official_step(rfnet, passion: bool, batch: dict):
     return step
 
 
-def _kit_step(objective_name: str, patch: int, batch: dict):
-    import passion_kit as pk
-
-    net = pk.build_backbone("rfnet", patch_size=patch)
-    objective = pk.objectives.build_objective(objective_name, num_modalities=4, num_classes=4)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=1e-4, amsgrad=True)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        objective(batch, net).loss.backward()
-        opt.step()
-
-    return step
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official-code", required=True, help="checkout of the official code")
@@ -102,15 +90,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p = args.patch_size
     rfnet.H = rfnet.W = rfnet.Z = p  # the official model reads the patch size from these
 
-    torch.manual_seed(0)
-    mask = torch.tensor([[True, True, False, True]])
-    image = torch.randn(1, 4, p, p, p) * mask[:, :, None, None, None]
-    batch = {"image": image, "label": torch.randint(0, 4, (1, p, p, p)), "mask": mask}
+    kit = argparse.Namespace(
+        backbone="rfnet", width=8, patch_size=p, device="cpu", batch_size=1, amp=False
+    )
+    kit_baseline, kit_passion = _setup(kit, "baseline"), _setup(kit, "passion")
+    batch = kit_baseline.batch  # the official steps get the kit's input
     steps = {
         "official baseline": _official_step(rfnet, False, batch),
-        "kit baseline": _kit_step("baseline", p, batch),
+        "kit baseline": kit_baseline,
         "official PASSION": _official_step(rfnet, True, batch),
-        "kit PASSION": _kit_step("passion", p, batch),
+        "kit PASSION": kit_passion,
     }
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(args.warmup + args.steps):

@@ -78,6 +78,7 @@ def _setup(args: argparse.Namespace, objective_name: str):
         return time.perf_counter() - start
 
     step.net = net  # for --profile
+    step.batch = batch  # for official_step_time.py: the same input
     return step
 
 

@@ -20,6 +20,7 @@ from passion_kit.evaluate import (
 )
 from passion_kit.train import fit
 from tests.conftest import tiny_config
+from tests.models.test_backbone_contract import SMALL  # CPU-sized settings per backbone
 
 
 def test_dice_by_hand_and_against_monai():
@@ -141,13 +142,6 @@ def test_regions_and_etpro():
     )
     no_et = np.where(target == 3, 2, target)
     assert case_metrics(no_et, no_et, regions)["dice_ETPro"] == 1.0  # both empty
-
-
-SMALL = {  # CPU-sized settings (transformer widths shrunk)
-    "rfnet": {"patch_size": 16},
-    "mmformer": {"patch_size": 32, "width": 4, "embed_dim": 32, "mlp_dim": 64, "heads": 4},
-    "m2ftrans": {"patch_size": 32, "width": 4, "mlp_dim": 64, "heads": 4},
-}
 
 
 @pytest.mark.parametrize("name", pk.available_backbones())
