@@ -267,10 +267,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from passion_kit.config import ExperimentConfig
     from passion_kit.env import reuse_freed_memory
+    from passion_kit.train import select_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    reuse_freed_memory()  # as fit does on CPU
     try:
         cfg = ExperimentConfig.preset(args.preset).override(
             [
@@ -284,6 +284,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
     except ValueError as exc:
         sys.exit(f"error: {exc}")
+    if select_device(cfg.train.device).type == "cpu":
+        reuse_freed_memory()  # as fit does, for the --profile and --switches steps too
     every = args.eval_every or max(1, cfg.train.epochs // 5)
     print(
         f"{args.backbone}, {cfg.objective.name}, {cfg.data.setting} {cfg.data.missing_rates}, "
