@@ -169,6 +169,34 @@ def test_prototype_similarity_matches_torch_cosine():
     torch.testing.assert_close(loss[0], expected)
 
 
+def test_prototype_gradient_equals_the_norm_formula_and_is_finite_at_a_zero_feature():
+    # The kit clamps sqrt(sum f^2) at eps^2 under the root: value and gradient are those of
+    # ||f||.clamp_min(eps), also where a feature vector is exactly 0 (no NaN from the root).
+    torch.manual_seed(5)
+    f_s = torch.randn(1, 4, 3, 3, 3, dtype=torch.float64)
+    f_s[0, :, 0, 0, 0] = 0.0
+    f_t = torch.randn(1, 4, 3, 3, 3, dtype=torch.float64)
+    y = F.one_hot(torch.randint(0, 2, (1, 3, 3, 3)), 2).movedim(-1, 1).double()
+
+    def by_norm(f):
+        proto = torch.einsum("bcv,bkv->bkc", f.flatten(2), y.flatten(2)) / (
+            y.flatten(2).sum(-1)[..., None] + 1e-5
+        )
+        f_unit = f.flatten(2) / f.flatten(2).norm(dim=1, keepdim=True).clamp_min(1e-5)
+        p_unit = proto / proto.norm(dim=-1, keepdim=True).clamp_min(1e-5)
+        return torch.einsum("bcv,bkc->bkv", f_unit, p_unit)
+
+    student = f_s.clone().requires_grad_()
+    loss, _ = losses.prototype_distillation(student, f_t, y)
+    (grad,) = torch.autograd.grad(loss.sum(), student)
+    reference = f_s.clone().requires_grad_()
+    expected = (by_norm(reference) - by_norm(f_t)).pow(2).mean()
+    (grad_ref,) = torch.autograd.grad(expected, reference)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(loss[0], expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
+
+
 def test_shape_errors_name_the_arguments():
     with pytest.raises(ValueError, match="probs and target_onehot"):
         losses.soft_dice_loss(torch.zeros(1, 2, 3), torch.zeros(1, 3, 3))

@@ -201,8 +201,8 @@ class FusionDecoder(nn.Module):
         self.merge_convs = nn.ModuleList(PreNormConv(2 * c, c, kernel) for c in chans[:-1])
         self.out_convs = nn.ModuleList(PreNormConv(c, c) for c in chans[:-1])
         # deep_heads[i] reads level i + 1 (official seg_d1 .. seg_d4)
-        self.deep_heads = nn.ModuleList(nn.Conv3d(c, num_classes, 1) for c in chans[1:])
-        self.seg = nn.Conv3d(width, num_classes, 1)
+        self.deep_heads = nn.ModuleList(Conv3d(c, num_classes, 1) for c in chans[1:])
+        self.seg = Conv3d(width, num_classes, 1)
 
     def forward(
         self, skips: list[torch.Tensor], bottom: torch.Tensor, mask: torch.Tensor
@@ -285,14 +285,14 @@ class MMFormer(Backbone):
         top = width * 2 ** (LEVELS - 1)
 
         self.encoders = nn.ModuleList(Encoder(width, k) for _ in range(num_modalities))
-        self.token_proj = nn.ModuleList(nn.Conv3d(top, embed_dim, 1) for _ in range(num_modalities))
+        self.token_proj = nn.ModuleList(Conv3d(top, embed_dim, 1) for _ in range(num_modalities))
         # Learnable positional embeddings, zero-init; the inter transformer reuses all M.
         self.pos = nn.Parameter(torch.zeros(num_modalities, num_tokens, embed_dim))
         self.intra = nn.ModuleList(
             TransformerLayer(embed_dim, heads, mlp_dim, dropout) for _ in range(num_modalities)
         )
         self.inter = TransformerLayer(embed_dim, heads, mlp_dim, dropout)
-        self.inter_proj = nn.Conv3d(num_modalities * embed_dim, num_modalities * top, 1)
+        self.inter_proj = Conv3d(num_modalities * embed_dim, num_modalities * top, 1)
         self.decoder = FusionDecoder(num_modalities, width, num_classes, k)
         self.sep_decoder = SepDecoder(width, num_classes, k)
         for module in self.modules():

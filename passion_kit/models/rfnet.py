@@ -32,6 +32,7 @@ from torch import nn
 
 from passion_kit.models.base import Backbone, Features, FusionOut, rows_per_sample
 from passion_kit.models.blocks import (
+    Conv3d,
     ConvNormAct,
     InstanceNorm3d,
     MaskedModalityConv,
@@ -87,7 +88,7 @@ class SepDecoder(nn.Module):
             self.up_convs.append(ConvNormAct(hi, lo))
             self.merge_convs.append(ConvNormAct(2 * lo, lo))
             self.out_convs.append(ConvNormAct(lo, lo, kernel=1))
-        self.seg = nn.Conv3d(width, num_classes, 1)
+        self.seg = Conv3d(width, num_classes, 1)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[-1]
@@ -115,7 +116,7 @@ class PRMGenerator(nn.Module):
         )
         self.head = nn.Sequential(
             ConvNormAct(ch if first else 2 * ch, 16, kernel=1),
-            nn.Conv3d(16, num_classes, 1),
+            Conv3d(16, num_classes, 1),
         )
 
     def forward(
@@ -208,7 +209,7 @@ class FusionDecoder(nn.Module):
         )
         self.merge_convs = nn.ModuleList(ConvNormAct(2 * ch, ch) for ch in chans[:-1])
         self.out_convs = nn.ModuleList(ConvNormAct(ch, ch, kernel=1) for ch in chans[:-1])
-        self.seg = nn.Conv3d(width, num_classes, 1)
+        self.seg = Conv3d(width, num_classes, 1)
 
     def forward(self, feats: Features, mask: torch.Tensor) -> FusionOut:
         deep: list[torch.Tensor] = [None] * LEVELS  # type: ignore[list-item]

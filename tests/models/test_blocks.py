@@ -1,5 +1,5 @@
-"""The fast reflect-padded convolution, trilinear upsampling and instance norm equal the
-native ops."""
+"""The fast convolutions (reflect padding, 1x1x1 as matrix products, channels-last),
+trilinear upsampling and instance norm equal the native ops."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from passion_kit.models.blocks import Conv3d, InstanceNorm3d, _SplitInstanceNorm, upsample
+from passion_kit.models.blocks import (
+    CPU_CHANNELS_LAST_MAX,
+    Conv3d,
+    InstanceNorm3d,
+    _pointwise,
+    _SplitInstanceNorm,
+    upsample,
+)
 
 
 @pytest.mark.parametrize(
@@ -32,6 +39,79 @@ def test_reflect_conv_equals_the_native_one_with_its_gradients(shape, kernel):
     gw = torch.autograd.grad(ours(x), ours.weight, g)[0]
     gw_native = torch.autograd.grad(native(x), native.weight, g)[0]
     torch.testing.assert_close(gw, gw_native, rtol=1e-12, atol=1e-12)
+
+
+def _conv_and_grads(conv, x, g):
+    y = conv(x)
+    grads = torch.autograd.grad(y, [x, *conv.parameters()], g)
+    return y, grads
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(3, 6, 4, 5, 2), (1, 32, 3, 3, 3)])
+def test_pointwise_conv_is_a_matrix_product_equal_to_the_native_one(shape, bias):
+    torch.manual_seed(0)
+    ours = Conv3d(shape[1], 4, 1, bias=bias).double()
+    native = nn.Conv3d(shape[1], 4, 1, bias=bias).double()
+    native.load_state_dict(ours.state_dict())
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert _pointwise(ours, x)
+    g = torch.randn(shape[0], 4, *shape[2:], dtype=torch.float64)
+    y, grads = _conv_and_grads(ours, x, g)
+    y_native, grads_native = _conv_and_grads(native, x, g)
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, y_native, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, grads_native, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    small = torch.randn(2, 3, 2, 2, 3, dtype=torch.float64, requires_grad=True)
+    conv = Conv3d(3, 2, 1, bias=bias).double()
+    assert torch.autograd.gradcheck(
+        lambda x, w: conv._conv_forward(x, w, conv.bias), (small, conv.weight)
+    )
+
+
+def test_pointwise_conv_leaves_strides_autocast_and_other_devices_to_the_native_kernel():
+    x = torch.randn(1, 4, 4, 4, 4)
+    assert _pointwise(Conv3d(4, 2, 1), x)
+    assert not _pointwise(Conv3d(4, 2, 1, stride=2), x)
+    assert not _pointwise(Conv3d(4, 2, 3, padding=1), x)
+    assert not _pointwise(Conv3d(4, 2, 1).double(), x)  # mixed dtypes: native error message
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _pointwise(Conv3d(4, 2, 1), x)
+        y = Conv3d(4, 2, 1)(x)
+    assert y.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "stride", "mode"),
+    [(8, 8, 1, "zeros"), (8, 16, 2, "zeros"), (2, 2, 1, "replicate"), (4, 8, 2, "reflect")],
+)
+def test_channels_last_conv_equals_the_native_one_and_returns_the_usual_layout(
+    cin, cout, stride, mode, monkeypatch
+):
+    torch.manual_seed(0)
+    ours = Conv3d(cin, cout, 3, stride=stride, padding=1, padding_mode=mode).double()
+    native = nn.Conv3d(cin, cout, 3, stride=stride, padding=1, padding_mode=mode).double()
+    native.load_state_dict(ours.state_dict())
+    x = torch.randn(2, cin, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    y_native = native(x)
+    g = torch.randn_like(y_native)
+    layouts = []
+    conv3d = F.conv3d
+
+    def spy(inp, *args):
+        layouts.append(inp.is_contiguous(memory_format=torch.channels_last_3d))
+        return conv3d(inp, *args)
+
+    monkeypatch.setattr(F, "conv3d", spy)
+    y, grads = _conv_and_grads(ours, x, g)
+    monkeypatch.undo()
+    assert layouts == [1 < min(cin, cout) <= CPU_CHANNELS_LAST_MAX] == [True]
+    _, grads_native = _conv_and_grads(native, x, g)
+    assert y.is_contiguous() and grads[0].is_contiguous()
+    torch.testing.assert_close(y, y_native, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, grads_native, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
