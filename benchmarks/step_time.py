@@ -18,6 +18,12 @@ steps run as ``fit`` runs them, with freed memory reused (``passion_kit.env.reus
 ``torch.profiler``: a backward op is charged to the module whose forward op recorded it.
 
     python benchmarks/step_time.py --backbone rfnet --patch-size 80 --device cpu --profile
+
+With ``--plain``, a third row times a plain reference of the PASSION step: the same
+objective and losses, but the teacher and each student a whole network pass of its own on
+the zeroed input (the encoders rerun per student, one mask per ``fuse`` call: the direct
+zero-and-concatenate path), as a plain loop over masks or the official code computes it;
+``plain/kit PASSION step`` says what the kit's shared encoders and batched mask rows save.
 """
 
 from __future__ import annotations
@@ -32,10 +38,56 @@ import sys
 import time
 
 PRESENT = [True, True, False, True]  # FLAIR, T1c, T2 present, T1 missing: three students
+PLAIN = "passion, plain"
 
 
-def _setup(args: argparse.Namespace, objective_name: str):
-    """A fresh backbone, objective, optimizer and step function (same seed for both)."""
+class _PlainRows:
+    """The backbone interface over ``net`` with one whole network pass per mask row.
+
+    ``fuse`` runs each row alone: a student's image is zeroed to its one modality and
+    re-encoded; the teacher row (the first of each sample's rows) reuses the features
+    ``encode`` returned, as a plain step computes the teacher and the unimodal decoder
+    from one pass.
+    """
+
+    def __init__(self, net) -> None:
+        self.net = net
+        self._image = None
+
+    def encode(self, image):
+        self._image = image
+        return self.net.encode(image)
+
+    def separate(self, level_feats):
+        return self.net.separate(level_feats)
+
+    def fuse(self, feats, mask):
+        import torch
+
+        from passion_kit.models.base import FusionOut
+
+        rows = mask.shape[0] // self._image.shape[0]
+        outs = []
+        for r in range(mask.shape[0]):
+            n = r // rows
+            if r % rows == 0:
+                row_feats = [f[n : n + 1] for f in feats]
+            else:
+                image = self._image[n : n + 1] * mask[r].view(1, -1, 1, 1, 1)
+                row_feats = self.net.encode(image)
+            outs.append(self.net.fuse(row_feats, mask[r : r + 1]))
+        return FusionOut(
+            logits=torch.cat([o.logits for o in outs]),
+            deep=[torch.cat(level) for level in zip(*(o.deep for o in outs), strict=True)],
+            feature=torch.cat([o.feature for o in outs]),
+        )
+
+
+def _setup(args: argparse.Namespace, objective_name: str, plain: bool = False):
+    """A fresh backbone, objective, optimizer and step function (same seed for both).
+
+    ``plain``: the objective sees the backbone through :class:`_PlainRows`.
+    """
     import torch
     from torch.profiler import record_function
 
@@ -44,6 +96,7 @@ def _setup(args: argparse.Namespace, objective_name: str):
     torch.manual_seed(0)
     device = torch.device(args.device)
     net = pk.build_backbone(args.backbone, width=args.width, patch_size=args.patch_size).to(device)
+    model = _PlainRows(net) if plain else net
     objective = pk.objectives.build_objective(
         objective_name, num_modalities=net.num_modalities, num_classes=net.num_classes
     )
@@ -68,7 +121,7 @@ def _setup(args: argparse.Namespace, objective_name: str):
         optimizer.zero_grad(set_to_none=True)
         with record_function("step: forward"):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                result = objective(batch, net)
+                result = objective(batch, model)
         result.loss.backward()
         optimizer.step()
         if cuda:
@@ -99,6 +152,10 @@ def _module_groups(net) -> dict:
                 groups[module] = f"decoder.{sub}" + ("" if i is None else f"[{i}]")
     return groups
 
+
+# row name -> (objective, plain)
+_OBJECTIVES = {"baseline": ("baseline", False), "passion": ("passion", False)}
+_OBJECTIVES[PLAIN] = ("passion", True)
 
 MODULE = "module: "  # profiler ranges opened around each module group's forward
 REST = "rest: losses, masks, glue"
@@ -186,12 +243,12 @@ def _configure(args: argparse.Namespace) -> bool:
     return args.device == "cpu" and not args.system_malloc and reuse_freed_memory()
 
 
-def _peak_memory(args: argparse.Namespace, objective_name: str, queue) -> None:
+def _peak_memory(args: argparse.Namespace, name: str, queue) -> None:
     """In a fresh process: peak memory of two steps of one objective."""
     import torch
 
     _configure(args)
-    step = _setup(args, objective_name)
+    step = _setup(args, *_OBJECTIVES[name])
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     step()
@@ -215,6 +272,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--profile", action="store_true", help="where a step goes, per module")
     parser.add_argument(
+        "--plain", action="store_true", help="also time a plain PASSION step (a pass per mask)"
+    )
+    parser.add_argument(
         "--system-malloc", action="store_true", help="CPU: glibc's defaults, freed memory unmapped"
     )
     args = parser.parse_args(argv)
@@ -222,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     reusing = _configure(args)
-    names = ("baseline", "passion")
+    names = ("baseline", "passion", PLAIN) if args.plain else ("baseline", "passion")
     ctx = mp.get_context("spawn")
     peak = {}
     for name in names:
@@ -236,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Timing: both objectives in this process, steps interleaved so that a busy machine
     # slows both alike; the median is reported.
-    steps = {name: _setup(args, name) for name in names}
+    steps = {name: _setup(args, *_OBJECTIVES[name]) for name in names}
     for _ in range(args.warmup):
         for name in names:
             steps[name]()
@@ -245,7 +305,10 @@ def main(argv: list[str] | None = None) -> dict:
         for name in names:
             times[name].append(steps[name]())
 
-    profiles = {name: _profile(steps[name], args.steps) for name in names} if args.profile else {}
+    profiled = ("baseline", "passion")
+    profiles = (
+        {name: _profile(steps[name], args.steps) for name in profiled} if args.profile else {}
+    )
 
     memory_kind = "peak GPU memory" if args.device.startswith("cuda") else "peak RSS"
     print(
@@ -265,10 +328,16 @@ def main(argv: list[str] | None = None) -> dict:
             f"baseline's one costs ({decoder:.3f} s) and nothing else were added, the ratio "
             f"would be {1 + students * decoder / sum(sum(v) for v in base.values()):.2f}"
         )
-    print(f"{'objective':<10} {'median step (s)':>16} {'min (s)':>9} {memory_kind + ' (MB)':>20}")
+    width = max(len(name) for name in names)
+    print(
+        f"{'objective':<{width}} {'median step (s)':>16} {'min (s)':>9} {memory_kind + ' (MB)':>20}"
+    )
     for name in names:
         median = statistics.median(times[name])
-        print(f"{name:<10} {median:>16.3f} {min(times[name]):>9.3f} {peak[name]:>20.0f}")
+        print(f"{name:<{width}} {median:>16.3f} {min(times[name]):>9.3f} {peak[name]:>20.0f}")
+    if args.plain:
+        saved = statistics.median(times[PLAIN]) / statistics.median(times["passion"])
+        print(f"plain/kit PASSION step: {saved:.2f}")
     ratio = statistics.median(times["passion"]) / statistics.median(times["baseline"])
     print(f"passion/baseline step ratio: {ratio:.2f}")
     return {"ratio": ratio, "times": times, "peak_mb": peak, "profile": profiles}

@@ -171,8 +171,8 @@ def _pointwise(conv: nn.Conv3d, x: torch.Tensor) -> bool:
     )
 
 
-# On CPU, a convolution whose smaller channel count is at most this runs channels-last
-# (``benchmarks/conv_time.py``: 2.6x for 8 -> 8 channels, 0.8x for 16 -> 16).
+# On CPU, a convolution with a backward whose smaller channel count is at most this runs
+# channels-last (``benchmarks/conv_time.py``: 2.6x for 8 -> 8 channels, 0.8x for 16 -> 16).
 CPU_CHANNELS_LAST_MAX = 8
 
 
@@ -203,9 +203,12 @@ class Conv3d(nn.Conv3d):
             and x.dim() == 5
             and self.groups == 1
             and 1 < min(self.in_channels, self.out_channels) <= CPU_CHANNELS_LAST_MAX
+            and torch.is_grad_enabled()
+            and (x.requires_grad or weight.requires_grad)
         ):
-            # oneDNN's few-channel 3-D kernels, the backward above all, are several
-            # times faster channels-last; the layout is converted back after.
+            # oneDNN's few-channel 3-D backward kernels are several times faster
+            # channels-last; the layout is converted back after. Without a backward
+            # (inference) the conversions cost more than they save.
             cl = torch.channels_last_3d
             x = x.contiguous(memory_format=cl)
             weight = weight.contiguous(memory_format=cl)

@@ -19,3 +19,14 @@ def run_benchmark(script: str, *args: str) -> str:
         check=True,
         timeout=600,
     ).stdout
+
+
+def load_benchmark(script: str):
+    """``benchmarks/<script>`` imported as a module (its ``main`` is not run)."""
+    import importlib.util
+
+    path = ROOT / "benchmarks" / script
+    spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -40,3 +40,48 @@ def test_the_profile_charges_each_module_its_forward_and_backward():
     assert decoder == pytest.approx(sum(decoder_rows), abs=1e-3 * len(decoder_rows))
     total = float(re.search(r"total \(profiled\)\s+([\d.]+)", out).group(1))
     assert estimate == pytest.approx(1 + 3 * decoder / total, rel=0.02)
+
+
+def test_the_plain_reference_computes_the_same_step_as_the_kit():
+    # RFNet has no dropout, so the plain reference (a network pass per mask row) and the
+    # kit (shared encoders, batched rows) give the same loss and the same gradients
+    # (float64; a conv bias before an instance norm has a zero gradient, which both
+    # compute only to rounding, hence the tolerance scaled to the largest gradient).
+    import argparse
+
+    import torch
+
+    from tests.benchmarks.bench_helpers import load_benchmark
+
+    step_time = load_benchmark("step_time.py")
+    args = argparse.Namespace(
+        backbone="rfnet", width=4, patch_size=16, device="cpu", batch_size=2, amp=False
+    )
+    grads, calls = {}, {}
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for plain in (False, True):
+            step = step_time._setup(args, "passion", plain=plain)
+            encode, count = step.net.encode, []
+            step.net.encode = lambda x, encode=encode, count=count: count.append(1) or encode(x)
+            step()
+            calls[plain] = len(count)
+            grads[plain] = [p.grad.clone() for p in step.net.parameters()]
+    finally:
+        torch.set_default_dtype(dtype)
+    assert calls == {False: 1, True: 1 + 2 * 3}  # plain: each sample's 3 students re-encode
+    scale = max(g.abs().max().item() for g in grads[False])
+    for a, b in zip(grads[False], grads[True], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12 * scale)
+
+
+@pytest.mark.slow
+def test_step_time_plain_prints_the_reference_and_what_the_kit_saves():
+    out = run_benchmark(
+        "step_time.py", "--patch-size", "16", "--steps", "1", "--warmup", "0", "--plain"
+    )
+    lines = out.strip().splitlines()
+    assert any(line.startswith("passion, plain ") for line in lines)
+    assert re.fullmatch(r"plain/kit PASSION step: \d+\.\d\d", lines[-2])
+    assert re.fullmatch(r"passion/baseline step ratio: \d+\.\d\d", lines[-1])
