@@ -110,8 +110,8 @@ class _PointwiseConv(torch.autograd.Function):
     """A 1x1x1 convolution (stride 1, no groups) as one matrix product per sample.
 
     On CPU the native kernels for a few-channel 1x1x1 convolution over a large volume
-    are slow, their backward most of all (8 -> 4 channels at 80^3 for 4 samples: 82 ms
-    forward and 188 ms backward, against 5 and 14 ms here, ``benchmarks/conv_time.py``).
+    are slow, their backward most of all (8 -> 4 channels at 80^3 for 4 samples: 36 ms
+    forward and 94 ms backward, against 7 and 16 ms here, ``benchmarks/conv_time.py``).
     ``out[b] = W @ x[b] + bias`` with ``x[b]`` viewed as (C, V); the backward is two
     matrix products per sample. The values are ``F.conv3d``'s to float rounding (tested).
     """
@@ -172,7 +172,8 @@ def _pointwise(conv: nn.Conv3d, x: torch.Tensor) -> bool:
 
 
 # On CPU, a convolution with a backward whose smaller channel count is at most this runs
-# channels-last (``benchmarks/conv_time.py``: 2.6x for 8 -> 8 channels, 0.8x for 16 -> 16).
+# channels-last (``benchmarks/conv_time.py``: 2.5x for 8 -> 8 channels at 80^3; with 16 or
+# more channels on both sides it was no faster, so those stay NCDHW).
 CPU_CHANNELS_LAST_MAX = 8
 
 
