@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "Conv3d",
@@ -132,6 +133,7 @@ class _PointwiseConv(torch.autograd.Function):
         return out.view(b, w.shape[0], *x.shape[2:])
 
     @staticmethod
+    @once_differentiable  # a second derivative through it raises instead of being wrong
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         b, c = x.shape[:2]
@@ -182,6 +184,8 @@ class Conv3d(nn.Conv3d):
 
     - Reflect padding of width 1 has a fast backward (:class:`_ReflectPad1`).
     - A 1x1x1 convolution on CPU is a matrix product per sample (:class:`_PointwiseConv`).
+    - On CPU, a convolution with a backward and at most ``CPU_CHANNELS_LAST_MAX`` channels
+      on one side runs channels-last and returns the usual layout.
 
     The parameters and their names are ``nn.Conv3d``'s, so checkpoints are unchanged.
     """
