@@ -176,3 +176,11 @@ def test_instance_norm_module_keeps_the_native_path_on_cpu_and_has_no_state():
     assert dict(norm.state_dict()) == {}
     x = torch.randn(2, 4, 5, 5, 5)
     torch.testing.assert_close(norm(x), F.instance_norm(x), rtol=0, atol=0)
+
+
+def test_pointwise_conv_refuses_a_second_derivative():
+    conv = Conv3d(3, 2, 1)
+    x = torch.randn(1, 3, 2, 2, 2, requires_grad=True)
+    (g,) = torch.autograd.grad(conv(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()
