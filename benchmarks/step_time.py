@@ -154,8 +154,11 @@ def _module_groups(net) -> dict:
 
 
 # row name -> (objective, plain)
-_OBJECTIVES = {"baseline": ("baseline", False), "passion": ("passion", False)}
-_OBJECTIVES[PLAIN] = ("passion", True)
+_OBJECTIVES = {
+    "baseline": ("baseline", False),
+    "passion": ("passion", False),
+    PLAIN: ("passion", True),
+}
 
 MODULE = "module: "  # profiler ranges opened around each module group's forward
 REST = "rest: losses, masks, glue"
