@@ -163,6 +163,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         format_effect,
         grid_points,
         reproduce,
+        run_machines,
         run_overview,
         with_overrides,
     )
@@ -199,6 +200,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         if stem in paths:
             print()
             print(format_effect(pd.read_csv(paths[stem])))
+    for line in run_machines(args.out, points):
+        print(f"machine: {line}")
     print(f"finished in {time.perf_counter() - started:.0f} s")
     for name, path in paths.items():
         print(f"{name}: {_shown(path)}")

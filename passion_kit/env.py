@@ -6,10 +6,17 @@ import ctypes
 import os
 import platform
 import sys
+from pathlib import Path
 
 import torch
 
-__all__ = ["environment", "reuse_freed_memory"]
+__all__ = [
+    "cpu_has_native_bf16",
+    "cpu_summary",
+    "environment",
+    "machine_summary",
+    "reuse_freed_memory",
+]
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 _KEEP_BYTES = 2**31 - 1  # the largest trim threshold mallopt takes (an int)
@@ -67,3 +74,72 @@ def environment(device: str = "auto", data_root: str = "") -> dict[str, str]:
         "backbones": ", ".join(passion_kit.available_backbones()),
         "objectives": ", ".join(available_objectives()),
     }
+
+
+# oneDNN's ISA names (ONEDNN_MAX_CPU_ISA) from which it runs bf16 in hardware.
+_ONEDNN_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10_1_512_AMX"}
+_ONEDNN_ALL = {"", "ALL", "DEFAULT"}
+
+
+def _cpu_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and feature flags from ``/proc/cpuinfo`` (Linux; else empty)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), set()
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        elif key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return model or platform.machine(), flags
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (x86 AVX-512 BF16 or AMX, Arm BF16) and
+    the kernels may use it.
+
+    Elsewhere bf16 autocast is emulated and can be far slower than fp32, so
+    ``train.amp="fast"`` stays in fp32 there. ``ONEDNN_MAX_CPU_ISA`` below
+    ``AVX512_CORE_BF16`` or ``ATEN_CPU_CAPABILITY`` below ``avx512`` (how an ordinary CPU is
+    emulated on a newer one) counts as no bf16 units. Reads ``/proc/cpuinfo`` (Linux);
+    False where it cannot tell.
+    """
+    if not _cpu_flags()[1] & {"avx512_bf16", "amx_bf16", "bf16"}:
+        return False
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))
+    if isa.upper() not in _ONEDNN_ALL | _ONEDNN_BF16_ISAS:
+        return False
+    return os.environ.get("ATEN_CPU_CAPABILITY", "").lower() not in ("default", "avx2")
+
+
+def cpu_summary(amp: torch.dtype | None = None) -> str:
+    """One line: the CPU, its vector units, the kernels torch runs and the precision.
+
+    For example ``Intel(R) Xeon(R) Processor: AVX2, AVX-512, bf16 units; kernels ATen
+    AVX2, oneDNN up to AVX2 (emulating an ordinary CPU); fp32``.
+    """
+    model, flags = _cpu_flags()
+    units = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512")) if flag in flags]
+    units.append("bf16 units" if flags & {"avx512_bf16", "amx_bf16", "bf16"} else "no bf16 units")
+    aten = torch.backends.cpu.get_cpu_capability()
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))
+    onednn = f"oneDNN up to {isa}" if isa.upper() not in _ONEDNN_ALL else "oneDNN all ISAs"
+    capped = aten in ("DEFAULT", "AVX2") and "avx512f" in flags
+    emulated = " (emulating an ordinary CPU)" if capped or isa.upper() == "AVX2" else ""
+    precision = "fp32" if amp is None else f"{str(amp).removeprefix('torch.')} autocast"
+    return (
+        f"{model}: {', '.join(units)}; kernels ATen {aten}, {onednn}{emulated}; "
+        f"{precision}, {torch.get_num_threads()} thread(s)"
+    )
+
+
+def machine_summary(device: torch.device, amp: torch.dtype | None = None) -> str:
+    """:func:`cpu_summary` on CPU; the GPU's name and the precision on CUDA or MPS."""
+    if device.type == "cpu":
+        return cpu_summary(amp)
+    precision = "fp32" if amp is None else f"{str(amp).removeprefix('torch.')} autocast"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return f"{name}; {precision}"

@@ -41,6 +41,7 @@ __all__ = [
     "plot_effect",
     "point_name",
     "reproduce",
+    "run_machines",
     "run_overview",
 ]
 
@@ -447,6 +448,21 @@ def gather(out: str | os.PathLike, points: list[dict]) -> dict[str, Path]:
         atomic_write_text(paths[f"{stem}_markdown"], format_effect(effect, markdown=True))
         _close(plot_effect(effect, path=paths[f"{stem}_figure"]))
     return paths
+
+
+def run_machines(out: str | os.PathLike, points: list[dict]) -> list[str]:
+    """The distinct machine lines (CPU or GPU, kernels, precision) that the grid's runs
+    recorded in their ``meta.json``, in the order of the points."""
+    import json
+
+    lines: list[str] = []
+    for params in points:
+        meta = Path(out) / "runs" / params["name"] / "meta.json"
+        if meta.is_file():
+            line = json.loads(meta.read_text()).get("machine", "not recorded (an earlier kit)")
+            if line not in lines:
+                lines.append(line)
+    return lines
 
 
 def run_overview(out: str | os.PathLike, points: list[dict]) -> pd.DataFrame:

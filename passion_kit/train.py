@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 import passion_kit
 from passion_kit.config import ExperimentConfig
 from passion_kit.data import PreparedDataset, augment_for
-from passion_kit.env import reuse_freed_memory
+from passion_kit.env import cpu_has_native_bf16, machine_summary, reuse_freed_memory
 from passion_kit.io import (
     atomic_torch_save,
     atomic_write_text,
@@ -259,23 +259,6 @@ def amp_dtype(setting: str, device: torch.device, key: str = "train.amp") -> tor
     return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (x86 AVX-512 BF16 or AMX, Arm BF16).
-
-    Elsewhere bf16 autocast is emulated and can be slower than fp32, so ``train.amp="fast"``
-    stays in fp32 there. Reads ``/proc/cpuinfo`` (Linux); False where it cannot tell.
-    """
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.partition(":")[2].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
 def _ensure_data(cfg: ExperimentConfig, root: Path) -> None:
     prepared = (root / "dataset.json").exists()
     if cfg.data.dataset == "phantom" and cfg.data.phantom_cases > 0:
@@ -372,6 +355,7 @@ def fit(cfg: ExperimentConfig, *, stop_after: int | None = None) -> Path:
         backbone.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, amsgrad=True
     )
     autocast_dtype = amp_dtype(cfg.train.amp, device)
+    machine = machine_summary(device, autocast_dtype)  # recorded in meta.json
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
 
     files = RunFiles(Path(cfg.train.run_dir) / cfg.run_name())
@@ -483,6 +467,7 @@ def fit(cfg: ExperimentConfig, *, stop_after: int | None = None) -> Path:
         epochs_done += 1
         if rank == 0:
             _save(files, cfg, backbone, optimizer, objective, scaler, history, epoch, world)
+            _save_meta(files, cfg, history, epoch, world, machine)
     if distributed:
         _check_replicas_agree(backbone)
         dist.barrier()
@@ -534,14 +519,19 @@ def _save(files, cfg, backbone, optimizer, objective, scaler, history, epoch, wo
         atomic_torch_save(state, files.epoch_checkpoint(completed))
     write_csv(files.history_epoch, history["epoch"])
     write_csv(files.history_modality, history["modality"])
-    last = history["epoch"][-1]
+
+
+def _save_meta(files, cfg, history, epoch, world, machine: str) -> None:
+    """``meta.json``: status, epochs, versions and the machine and precision it ran on."""
+    completed = epoch + 1
     meta = {
         "status": "complete" if completed == cfg.train.epochs else "in progress",
         "epochs_completed": completed,
         "epochs": cfg.train.epochs,
         "world_size": world,
-        "last_epoch": last,
+        "last_epoch": history["epoch"][-1],
         "versions": _versions(),
+        "machine": machine,
         "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     atomic_write_text(files.meta, json.dumps(meta, indent=2, default=float))

@@ -208,21 +208,38 @@ def test_the_paper_presets_train_and_evaluate_in_fp32_as_the_official_code():
     assert ExperimentConfig.preset("cpu").eval.amp == "fast"
 
 
-def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path):
-    import passion_kit.train as train
+def test_cpu_bf16_detection_reads_the_cpu_flags_and_the_kernel_caps(monkeypatch, tmp_path):
+    import passion_kit.env as env
 
-    real_read = train.Path.read_text
+    real_read = env.Path.read_text
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(name, raising=False)
     for flags, expected in [("fpu avx512f avx512_bf16", True), ("fpu avx2", False)]:
         info = tmp_path / "cpuinfo"
-        info.write_text(f"processor : 0\nflags\t\t: {flags}\n")
+        info.write_text(f"processor : 0\nmodel name : Test CPU\nflags\t\t: {flags}\n")
         monkeypatch.setattr(
-            train.Path,
+            env.Path,
             "read_text",
             lambda self, *a, info=info, **k: real_read(
                 info if str(self) == "/proc/cpuinfo" else self
             ),
         )
-        assert train.cpu_has_native_bf16() is expected
+        assert env.cpu_has_native_bf16() is expected
+        assert env.cpu_summary().startswith("Test CPU: ")
+    # with bf16 units, kernels capped below them (an ordinary CPU emulated) count as none
+    assert env.cpu_has_native_bf16() is False  # the last flags: avx2 only
+    info.write_text("flags : avx2 avx512f avx512_bf16\n")
+    assert env.cpu_has_native_bf16() is True
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert env.cpu_has_native_bf16() is False
+    assert "oneDNN up to AVX2 (emulating an ordinary CPU)" in env.cpu_summary()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert env.cpu_has_native_bf16() is True
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert env.cpu_has_native_bf16() is False
+    assert env.cpu_summary(torch.bfloat16).endswith(
+        f"bfloat16 autocast, {torch.get_num_threads()} thread(s)"
+    )
 
 
 class _Payload:

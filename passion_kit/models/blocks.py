@@ -179,6 +179,50 @@ def _pointwise(conv: nn.Conv3d, x: torch.Tensor) -> bool:
 CPU_CHANNELS_LAST_MAX = 8
 
 
+def _slow_single_sample(conv: nn.Conv3d, x: torch.Tensor, padding) -> bool:
+    """Whether PyTorch would run ``conv`` on ``x`` with its slow CPU kernel, and
+    :func:`_depth_halves` can give it oneDNN's instead.
+
+    For one fp32 sample with ``N * C * D * H <= 20480`` (8 channels of 32^3, say) and a
+    kernel of at most 3 voxels a side, PyTorch picks its im2col kernel over oneDNN, whose
+    backward is several times slower (``benchmarks/conv_time.py --size 32``). Two samples
+    always take oneDNN.
+    """
+    if not (
+        x.device.type == "cpu"
+        and x.dim() == 5
+        and x.shape[0] == 1
+        and x.dtype == torch.float32 == conv.weight.dtype
+        and not torch.is_autocast_enabled("cpu")
+        and conv.groups == 1
+        and conv.dilation == (1, 1, 1)
+        and x.shape[1] * x.shape[2] * x.shape[3] <= 20480
+        and max(conv.kernel_size[1:]) <= 3
+        and conv.kernel_size != (1, 1, 1)
+        and not isinstance(padding, str)
+    ):
+        return False
+    depth = x.shape[2] + 2 * padding[0]
+    out = (depth - conv.kernel_size[0]) // conv.stride[0] + 1
+    return out >= 2 and out % 2 == 0
+
+
+def _depth_halves(
+    x: torch.Tensor, kernel: int, stride: int, conv: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``conv(x)`` for an unpadded 1-sample ``x``, as one call on its two depth halves.
+
+    The halves overlap by what the kernel needs beyond them, so the output is the
+    same convolution, the same values in a two-sample batch (which PyTorch runs with
+    oneDNN on CPU).
+    """
+    half = ((x.shape[2] - kernel) // stride + 1) // 2
+    length = (half - 1) * stride + kernel
+    halves = torch.cat((x[:, :, :length], x[:, :, half * stride : half * stride + length]))
+    y = conv(halves)  # (2, C', half, H', W')
+    return y.transpose(0, 1).reshape(1, y.shape[1], 2 * half, *y.shape[3:])
+
+
 class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` with two faster CPU paths, the same values to float rounding.
 
@@ -202,7 +246,16 @@ class Conv3d(nn.Conv3d):
                 x = _ReflectPad1.apply(x, axes)
             elif any(pads):
                 x = F.pad(x, pads, mode=self.padding_mode)
-            padding = 0
+            padding = (0, 0, 0)
+        if _slow_single_sample(self, x, padding):
+            if any(padding):
+                p = [q for q in reversed(padding) for _ in range(2)]
+                x, padding = F.pad(x, p), (0, 0, 0)
+            k, s = self.kernel_size[0], self.stride[0]
+            return _depth_halves(x, k, s, lambda xs: self._conv_cpu(xs, weight, bias, padding))
+        return self._conv_cpu(x, weight, bias, padding)
+
+    def _conv_cpu(self, x, weight, bias, padding):
         if (
             x.device.type == "cpu"
             and x.dim() == 5

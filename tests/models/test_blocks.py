@@ -115,6 +115,61 @@ def test_channels_last_conv_equals_the_native_one_and_returns_the_usual_layout(
 
 
 @pytest.mark.parametrize(
+    ("cin", "cout", "stride", "mode", "edge"),
+    [
+        (8, 8, 1, "reflect", 32),  # an RFNet encoder's level-1 convolution at 32^3
+        (1, 8, 1, "reflect", 16),
+        (8, 16, 2, "zeros", 16),
+        (16, 16, 1, "zeros", 8),
+        (4, 4, 2, "replicate", 11),  # an odd edge: halves of 3 output planes each
+    ],
+)
+def test_one_sample_conv_runs_as_two_depth_halves_equal_to_the_native_one(
+    cin, cout, stride, mode, edge, monkeypatch
+):
+    """A one-sample fp32 CPU convolution that PyTorch would give its slow im2col kernel
+    runs on the two overlapping depth halves as a batch of two (oneDNN's kernel)."""
+    torch.manual_seed(0)
+    ours = Conv3d(cin, cout, 3, stride=stride, padding=1, padding_mode=mode)
+    native = nn.Conv3d(cin, cout, 3, stride=stride, padding=1, padding_mode=mode).double()
+    native.load_state_dict(ours.state_dict())
+    x = torch.randn(1, cin, edge, edge + 1, edge - 1, requires_grad=True)
+    xd = x.detach().double().requires_grad_()
+    y_native = native(xd)
+    g = torch.randn_like(y_native)
+    batches = []
+    conv3d = F.conv3d
+
+    def spy(inp, *args):
+        batches.append(inp.shape[0])
+        return conv3d(inp, *args)
+
+    monkeypatch.setattr(F, "conv3d", spy)
+    y, grads = _conv_and_grads(ours, x, g.float())
+    monkeypatch.undo()
+    assert batches == [2]
+    _, grads_native = _conv_and_grads(native, xd, g)
+    assert y.shape == y_native.shape and y.is_contiguous()
+    torch.testing.assert_close(y.double(), y_native, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, grads_native, strict=True):  # sums over up to 32^3 fp32 terms
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def test_one_sample_conv_keeps_the_native_path_where_pytorch_takes_onednn():
+    from passion_kit.models.blocks import _slow_single_sample
+
+    conv = Conv3d(8, 8, 3, padding=1)
+    assert _slow_single_sample(conv, torch.randn(1, 8, 32, 32, 32), conv.padding)
+    assert not _slow_single_sample(conv, torch.randn(2, 8, 32, 32, 32), conv.padding)
+    assert not _slow_single_sample(conv, torch.randn(1, 8, 64, 64, 64), conv.padding)
+    assert not _slow_single_sample(conv.double(), torch.randn(1, 8, 32, 32, 32).double(), (1,) * 3)
+    assert not _slow_single_sample(Conv3d(8, 8, 1), torch.randn(1, 8, 8, 8, 8), (0,) * 3)
+    assert not _slow_single_sample(Conv3d(8, 8, 3, stride=2), torch.randn(1, 8, 7, 8, 8), (0,) * 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _slow_single_sample(conv, torch.randn(1, 8, 32, 32, 32), conv.padding)
+
+
+@pytest.mark.parametrize(
     ("shape", "size"),
     [
         ((2, 3, 4, 4, 4), (8, 8, 8)),
