@@ -403,7 +403,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "model": {"backbone": "rfnet"},
         "objective": {"eta_epochs": 300, "track_every": 2},
-        "train": {"epochs": 14, "lr": 2e-2, "keep_epochs": [], "amp": "fast"},
+        "train": {"epochs": 10, "lr": 2e-2, "keep_epochs": [], "amp": "fast"},
         "eval": {"window": [32, 32, 32], "overlap": 0.25, "amp": "fast"},
     },
 }
