@@ -86,7 +86,7 @@ class _Timer:
             self.totals[self.key] = self.totals.get(self.key, 0.0) + time.perf_counter() - start
 
 
-def _profile(cfg, steps: int, log) -> list[tuple[str, float]]:
+def _profile(cfg, steps: int, log, ops: bool = False) -> list[tuple[str, float]]:
     """Mean seconds per step of each part of a training step (the trainer's own objects)."""
     import torch
 
@@ -153,7 +153,50 @@ def _profile(cfg, steps: int, log) -> list[tuple[str, float]]:
     keys = list(records[0])
     means = [(key, statistics.mean(r[key] for r in records)) for key in keys]
     log(f"profiled {steps} steps after 2 warm-up steps")
+    if ops:
+        from torch.profiler import profile
+
+        with profile(record_shapes=True) as prof:
+            for _ in range(steps):
+                one()
+        means.append(("ops", _op_table(prof.key_averages(group_by_input_shape=True), steps)))
     return means
+
+
+# Op name -> the group it is charged to in the op-by-op table (--ops).
+_OP_GROUPS = {
+    "optimizer (AdamW)": ("Optimizer", "_foreach", "addcdiv", "lerp", "maximum"),
+    "norms (instance norm, forward and backward)": ("batch_norm", "instance_norm", "var_mean"),
+    "activations (LeakyReLU, sigmoid)": ("leaky_relu", "sigmoid"),
+    "softmax, log and losses": ("softmax", "log", "nll", "exp", "clamp", "kl_div", "sqrt"),
+    "matrix products (1x1x1 convs, upsampling, RFM)": ("aten::mm", "bmm", "addmm", "matmul"),
+    "padding": ("pad", "reflection"),
+    "copies, concatenation, layout": ("copy_", "cat", "contiguous", "clone", "stack", "to"),
+    "fills and allocation": ("fill_", "zero_", "empty", "zeros", "ones"),
+    "elementwise arithmetic": ("mul", "add", "div", "sub", "neg", "pow", "where", "sum", "mean"),
+}
+
+
+def _op_table(events, steps: int) -> list[tuple[str, float]]:
+    """Self CPU seconds per step: convolutions by shape and direction, the rest by group."""
+    totals: dict[str, float] = {}
+    for e in events:
+        name, seconds = e.key, e.self_cpu_time_total / 1e6 / steps
+        if seconds <= 0:
+            continue
+        if "conv" in name.lower() and e.input_shapes and len(e.input_shapes) > 2:
+            backward = "backward" in name
+            x, w = e.input_shapes[1 if backward else 0], e.input_shapes[2 if backward else 1]
+            if len(x) == 5 and len(w) == 5:
+                kind = "backward" if backward else "forward"
+                key = f"conv {kind} {w[1]}->{w[0]} k{w[2]} at {x[2]}^3, batch {x[0]}"
+                totals[key] = totals.get(key, 0.0) + seconds
+                continue
+        group = next(
+            (g for g, keys in _OP_GROUPS.items() if any(k in name for k in keys)), "other ops"
+        )
+        totals[group] = totals.get(group, 0.0) + seconds
+    return sorted(totals.items(), key=lambda kv: -kv[1])
 
 
 def _step_fn(net, objective, optimizer, batch, amp):
@@ -204,7 +247,21 @@ def _with_native_ops(step):
     return run
 
 
-def _switches(cfg, steps: int) -> list[tuple[str, float]]:
+def _without_depth_halves(step):
+    """``step`` run with PyTorch's own kernel choice for one-sample fp32 convolutions."""
+    from passion_kit.models import blocks
+
+    def run():
+        blocks.CPU_DEPTH_HALVES = False
+        try:
+            return step()
+        finally:
+            blocks.CPU_DEPTH_HALVES = True
+
+    return run
+
+
+def _switches(cfg, steps: int, bf16: bool = True) -> list[tuple[str, float]]:
     """Median step time (model and objective only) of CPU options, measured side by side."""
     import torch
 
@@ -217,12 +274,18 @@ def _switches(cfg, steps: int) -> list[tuple[str, float]]:
     label = torch.randint(0, 4, (cfg.train.batch_size, *p))
     variants = {
         "fp32": dict(amp=None, channels_last=False),
-        "bf16 autocast": dict(amp=torch.bfloat16, channels_last=False),
-        "bf16 autocast, channels-last": dict(amp=torch.bfloat16, channels_last=True),
-        "bf16 autocast, PyTorch's pad/upsample": dict(
-            amp=torch.bfloat16, channels_last=False, native=True
+        "fp32, PyTorch's one-sample conv kernel": dict(
+            amp=None, channels_last=False, no_halves=True
         ),
     }
+    if bf16:  # emulated bf16 can be 30x slower than fp32: only where asked or native
+        variants |= {
+            "bf16 autocast": dict(amp=torch.bfloat16, channels_last=False),
+            "bf16 autocast, channels-last": dict(amp=torch.bfloat16, channels_last=True),
+            "bf16 autocast, PyTorch's pad/upsample": dict(
+                amp=torch.bfloat16, channels_last=False, native=True
+            ),
+        }
     runners = {}
     for name, options in variants.items():
         torch.manual_seed(0)
@@ -236,7 +299,11 @@ def _switches(cfg, steps: int) -> list[tuple[str, float]]:
         batch = {"image": x, "label": label, "mask": mask}
 
         step = _step_fn(net, objective, optimizer, batch, options["amp"])
-        runners[name] = _with_native_ops(step) if options.get("native") else step
+        if options.get("native"):
+            step = _with_native_ops(step)
+        if options.get("no_halves"):
+            step = _without_depth_halves(step)
+        runners[name] = step
     times: dict[str, list[float]] = {name: [] for name in runners}
     for step in runners.values():
         step(), step()  # warm-up
@@ -261,13 +328,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--profile", action="store_true", help="where a step's time goes")
     parser.add_argument("--switches", action="store_true", help="CPU options side by side")
     parser.add_argument("--steps", type=int, default=10, help="timed steps for the tables")
+    parser.add_argument(
+        "--ops", action="store_true", help="with --profile: where a step goes, op by op"
+    )
+    parser.add_argument(
+        "--emulated-bf16",
+        action="store_true",
+        help="--switches: time the bf16 variants on a CPU without bf16 units (slow)",
+    )
     args = parser.parse_args(argv)
 
     import torch
 
     from passion_kit.config import ExperimentConfig
-    from passion_kit.env import reuse_freed_memory
-    from passion_kit.train import select_device
+    from passion_kit.env import cpu_has_native_bf16, machine_summary, reuse_freed_memory
+    from passion_kit.models import blocks
+    from passion_kit.train import amp_dtype, select_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -287,6 +363,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if select_device(cfg.train.device).type == "cpu":
         reuse_freed_memory()  # as fit does, for the --profile and --switches steps too
     every = args.eval_every or max(1, cfg.train.epochs // 5)
+    device = select_device(cfg.train.device)
+    amp = amp_dtype(cfg.train.amp, device)
+    print(f"machine: {machine_summary(device, amp)}")
+    print(
+        f"bf16 autocast native on this CPU: {'yes' if cpu_has_native_bf16() else 'no'}; "
+        f"train.amp={cfg.train.amp} runs "
+        f"{'fp32' if amp is None else str(amp).removeprefix('torch.') + ' autocast'}; "
+        f"one-sample fp32 convolutions as depth halves (oneDNN): "
+        f"{'on' if blocks.CPU_DEPTH_HALVES else 'off'}"
+    )
     print(
         f"{args.backbone}, {cfg.objective.name}, {cfg.data.setting} {cfg.data.missing_rates}, "
         f"phantom {cfg.data.phantom_cases} cases of {cfg.data.phantom_size}^3, patch "
@@ -320,15 +406,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 from passion_kit.train import _ensure_data
 
                 _ensure_data(cfg, cfg.dataset_root())
-            parts = _profile(cfg, args.steps, lambda s: print(s, flush=True))
+            parts = _profile(cfg, args.steps, lambda s: print(s, flush=True), ops=args.ops)
+            by_op = dict(parts).pop("ops", None)
+            parts = [(key, value) for key, value in parts if key != "ops"]
             total = sum(v for _, v in parts)
             print(f"\nwhere a training step's time goes ({cfg.objective.name}, mean of steps):")
             for key, value in parts:
                 print(f"  {key:<38} {value:>7.3f} s {100 * value / total:>5.1f} %")
             print(f"  {'total':<38} {total:>7.3f} s")
+            if by_op:
+                op_total = sum(v for _, v in by_op)
+                print("\nop by op (self CPU time per step under torch.profiler, which adds")
+                print(f"its own overhead: {op_total:.3f} s in all; the 14 largest):")
+                for key, value in by_op[:14]:
+                    print(f"  {key:<48} {value:>7.3f} s {100 * value / op_total:>5.1f} %")
         if args.switches:
             print(f"\nCPU options, median step over {args.steps} interleaved steps:")
-            for name, value in _switches(cfg, args.steps):
+            bf16 = cpu_has_native_bf16() or args.emulated_bf16
+            if not bf16:
+                print("  (bf16 variants left out: no bf16 units here; --emulated-bf16 times them)")
+            for name, value in _switches(cfg, args.steps, bf16):
                 print(f"  {name:<40} {value:>7.3f} s")
     return rows
 

@@ -314,6 +314,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     memory_kind = "peak GPU memory" if args.device.startswith("cuda") else "peak RSS"
+    from passion_kit.env import cpu_has_native_bf16, machine_summary
+
+    amp = torch.bfloat16 if args.amp else None
+    print(f"machine: {machine_summary(torch.device(args.device), amp)}")
+    if args.device == "cpu":
+        print(f"bf16 autocast native on this CPU: {'yes' if cpu_has_native_bf16() else 'no'}")
     print(
         f"backbone {args.backbone}, patch {args.patch_size}^3, batch {args.batch_size}, "
         f"width {args.width}, device {args.device}{' (bf16 autocast)' if args.amp else ''}, "

@@ -65,12 +65,13 @@ GRIDS: dict[str, Grid] = {
     # the main job (minutes on a 2-core CPU): RFNet trained without and with PASSION on
     # the built-in phantom under mr2468, three seeds, so the effect has an interval
     "default": Grid(seeds=[0, 1, 2], parameters={"preset": "cpu", "dataset": "phantom"}),
-    # the balancing comparison (about an hour on a 2-core CPU): PASSION against the
-    # baseline and three modality-balancing methods, three seeds, on the phantom
+    # the balancing comparison: PASSION against the baseline and three modality-balancing
+    # methods, three seeds, on the phantom with the main job's recipe (into the main job's
+    # --out, its baseline and PASSION runs are reused: 9 more runs)
     "balancing": Grid(
         objectives=["baseline", "passion", "ogm_ge", "pmr", "redcore"],
         seeds=[0, 1, 2],
-        parameters={"preset": "cpu", "dataset": "phantom", "epochs": 8},
+        parameters={"preset": "cpu", "dataset": "phantom"},
     ),
     # does imbalance matter? the baseline under mr2468 IDT against the baseline trained
     # with every modality (PDT), three seeds; the IDT runs are the main job's

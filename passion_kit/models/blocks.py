@@ -179,6 +179,11 @@ def _pointwise(conv: nn.Conv3d, x: torch.Tensor) -> bool:
 CPU_CHANNELS_LAST_MAX = 8
 
 
+# Whether one-sample fp32 CPU convolutions run as two depth halves (see _depth_halves);
+# False leaves PyTorch's own kernel choice (benchmarks/learning_curve.py --switches).
+CPU_DEPTH_HALVES = True
+
+
 def _slow_single_sample(conv: nn.Conv3d, x: torch.Tensor, padding) -> bool:
     """Whether PyTorch would run ``conv`` on ``x`` with its slow CPU kernel, and
     :func:`_depth_halves` can give it oneDNN's instead.
@@ -189,7 +194,8 @@ def _slow_single_sample(conv: nn.Conv3d, x: torch.Tensor, padding) -> bool:
     always take oneDNN.
     """
     if not (
-        x.device.type == "cpu"
+        CPU_DEPTH_HALVES
+        and x.device.type == "cpu"
         and x.dim() == 5
         and x.shape[0] == 1
         and x.dtype == torch.float32 == conv.weight.dtype
