@@ -2,7 +2,7 @@
 
 Usage::
 
-    python data_scripts/make_phantom.py --out data/phantom --cases 40 --size 32 --report
+    python data_scripts/make_phantom.py --out data/phantom --cases 60 --size 32 --report
 
 ``--report`` prints the generation speed and the per-modality informativeness table
 (mean over cases of the Dice of the best single global threshold per modality and
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", default=None, help="dataset folder (default: <data root>/phantom)")
     ap.add_argument(
-        "--cases", type=int, default=40, help="number of cases (default 40, the cpu preset's)"
+        "--cases", type=int, default=60, help="number of cases (default 60, the cpu preset's)"
     )
     ap.add_argument(
         "--size", type=int, default=32, help="volume edge in voxels (default 32, the cpu preset's)"

@@ -409,8 +409,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# The official code's behaviour where the kit deviates from it (README, "Where the kit
-# deviates"): a paper preset plus these is "<dataset>-official".
+# The official code's behaviour where the kit deviates from it (docs/deviations.md): a
+# paper preset plus these is "<dataset>-official".
 OFFICIAL_SWITCHES: dict[str, dict[str, Any]] = {
     "data": {"image_fill": -1.0},
     "objective": {
