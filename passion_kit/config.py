@@ -5,9 +5,9 @@ Defaults are the paper's settings (spec E). Presets:
 - ``brats2020-paper``: mmFormer, IDT, mr2468, 80^3 patches, 300 epochs, batch 1.
 - ``myops2020-paper``: the authors' 2D MyoPS protocol (MYOPS.md): Adam(amsgrad) at 2e-3,
   a 20-epoch unimodal warm-up, 256x256x1 slices.
-- ``cpu``: the built-in phantom (40 cases of 32^3), 14 epochs at lr 2e-2 in bf16 where the
-  CPU has bf16 units, the beta schedule of 300 epochs walked in 14: a trained RFNet in
-  about 3 minutes on a laptop CPU.
+- ``cpu``: the built-in phantom (60 cases of 32^3), 9 epochs at lr 2e-2, in bf16 where the
+  CPU has bf16 units and fp32 elsewhere, the beta schedule of 300 epochs walked in 9: a
+  trained RFNet in minutes on a laptop CPU (docs/cpu_recipe.md).
 
 Usage::
 
@@ -388,11 +388,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"optimizer": "adam", "lr": 2e-3},
         "eval": {"window": [256, 256, 1]},
     },
-    # Chosen from benchmarks/learning_curve.py (docs/cpu_recipe.md): a phantom of 40 cases
-    # of 32^3 (a case is one patch, the tumour is always in view), lr 2e-2 (100x the
-    # paper's; 2e-3 and 5e-3 are far from trained after 336 steps, 1e-2-4e-2 a plateau), bf16
-    # where the CPU has bf16 units, 14 epochs of 24 steps, and the paper's 300-epoch beta
-    # schedule walked in those 14 epochs (objective.eta_epochs).
+    # Chosen from benchmarks/learning_curve.py and the main job (docs/cpu_recipe.md): a
+    # phantom of 60 cases of 32^3 (36 train: a case is one patch, the tumour is always in
+    # view), lr 2e-2 (100x the paper's; 2e-3 and 5e-3 are far from trained after 336 steps,
+    # 1e-2-4e-2 a plateau), bf16 where the CPU has bf16 units, 9 epochs of 36 steps, and
+    # the paper's 300-epoch beta schedule walked in those 9 epochs (objective.eta_epochs).
     "cpu": {
         "data": {
             "dataset": "phantom",

@@ -153,7 +153,9 @@ def plot_learning_curve(
     right.set_ylabel("learning rate")
     right.set_title("optimiser and beta step sizes", fontsize=10)
     modality = run / "history_modality.csv"
-    eta = pd.read_csv(modality).groupby("epoch")["eta"].first() if modality.is_file() else None
+    per_modality = pd.read_csv(modality) if modality.is_file() else pd.DataFrame()
+    # OGM-GE and PMR have no beta, so no eta column
+    eta = per_modality.groupby("epoch")["eta"].first() if "eta" in per_modality else None
     if eta is not None and (eta > 0).any():
         twin = right.twinx()
         lines += twin.plot(

@@ -143,3 +143,7 @@ def test_plot_learning_curve_draws_each_recorded_term(tmp_path):
     assert len(fig.axes) == 3
     np.testing.assert_allclose(fig.axes[2].get_lines()[0].get_ydata(), 0.3 + 0.1 * epochs)
     assert (tmp_path / "curve.png").exists()
+    # OGM-GE and PMR record a coefficient but no beta, so no eta: no twin axis either
+    rows = [{"epoch": e, "modality": m, "coefficient": 1.0} for e in epochs for m in NAMES]
+    pd.DataFrame(rows).to_csv(tmp_path / "history_modality.csv", index=False)
+    assert len(plot_learning_curve(tmp_path).axes) == 2
