@@ -189,7 +189,8 @@ def _op_table(events, steps: int) -> list[tuple[str, float]]:
             x, w = e.input_shapes[1 if backward else 0], e.input_shapes[2 if backward else 1]
             if len(x) == 5 and len(w) == 5:
                 kind = "backward" if backward else "forward"
-                key = f"conv {kind} {w[1]}->{w[0]} k{w[2]} at {x[2]}^3, batch {x[0]}"
+                size = "x".join(str(v) for v in x[2:])  # the input, padded if it is
+                key = f"conv {kind} {w[1]}->{w[0]} k{w[2]}, input {x[0]}x{size}"
                 totals[key] = totals.get(key, 0.0) + seconds
                 continue
         group = next(
@@ -420,6 +421,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(f"its own overhead: {op_total:.3f} s in all; the 14 largest):")
                 for key, value in by_op[:14]:
                     print(f"  {key:<48} {value:>7.3f} s {100 * value / op_total:>5.1f} %")
+                conv = sum(v for k, v in by_op if k.startswith("conv "))
+                share = 100 * conv / op_total
+                print(f"  {'convolutions, every shape':<48} {conv:>7.3f} s {share:>5.1f} %")
         if args.switches:
             print(f"\nCPU options, median step over {args.steps} interleaved steps:")
             bf16 = cpu_has_native_bf16() or args.emulated_bf16
