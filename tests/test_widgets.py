@@ -187,6 +187,10 @@ def test_toggles_reuse_the_encoder_features(tmp_path_factory, monkeypatch, capsy
 
 
 def test_bf16_toggles_agree_with_fp32(explorer, capsys):
+    from passion_kit.env import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():  # emulated bf16 took 12 s a fuse where fp32 took 0.3 s
+        pytest.skip("no bf16 units on this CPU (or capped kernels): bf16 would be emulated")
     cases = {
         amp: CachedCase(
             explorer.backbone, explorer.cached.image, window=(48,) * 3, overlap=0.25, amp=amp
