@@ -87,17 +87,19 @@ def test_every_mask_batched_equals_its_own_call(name):
     one call per mask: logits, deep outputs and features agree for every mask."""
     net = build(name).eval()
     masks = all_masks(4)
+    # On CPU a one-mask call runs its one-sample fp32 convolutions as two depth halves
+    # (models.blocks) and the 15-row call does not: the same sums in another order, so
+    # the two agree to a few 1e-4 (a wrong mask row would differ by far more).
+    tol = {"rtol": 1e-4, "atol": 3e-4}
     with torch.no_grad():
         feats = net.encode(image(net, 1))
         joint = net.fuse(feats, masks)
         for r, mask in enumerate(masks):
             single = net.fuse(feats, mask[None])
-            torch.testing.assert_close(joint.logits[r : r + 1], single.logits, rtol=1e-4, atol=1e-4)
-            torch.testing.assert_close(
-                joint.feature[r : r + 1], single.feature, rtol=1e-4, atol=1e-4
-            )
+            torch.testing.assert_close(joint.logits[r : r + 1], single.logits, **tol)
+            torch.testing.assert_close(joint.feature[r : r + 1], single.feature, **tol)
             for dj, ds in zip(joint.deep, single.deep, strict=True):
-                torch.testing.assert_close(dj[r : r + 1], ds, rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(dj[r : r + 1], ds, **tol)
 
 
 @pytest.mark.parametrize("name", available_backbones())
