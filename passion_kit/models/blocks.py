@@ -230,10 +230,12 @@ def _depth_halves(
 
 
 class Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` with two faster CPU paths, the same values to float rounding.
+    """``nn.Conv3d`` with faster CPU paths, the same values to float rounding.
 
     - Reflect padding of width 1 has a fast backward (:class:`_ReflectPad1`).
     - A 1x1x1 convolution on CPU is a matrix product per sample (:class:`_PointwiseConv`).
+    - A one-sample fp32 convolution that PyTorch would give its slow im2col kernel runs on
+      its two depth halves as a batch of two (:func:`_depth_halves`, oneDNN's kernel).
     - On CPU, a convolution with a backward and at most ``CPU_CHANNELS_LAST_MAX`` channels
       on one side runs channels-last and returns the usual layout.
 
