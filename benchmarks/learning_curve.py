@@ -86,8 +86,9 @@ class _Timer:
             self.totals[self.key] = self.totals.get(self.key, 0.0) + time.perf_counter() - start
 
 
-def _profile(cfg, steps: int, log, ops: bool = False) -> list[tuple[str, float]]:
-    """Mean seconds per step of each part of a training step (the trainer's own objects)."""
+def _profile(cfg, steps: int, log, ops: bool = False):
+    """Mean seconds per step of each part of a training step (the trainer's own objects),
+    and with ``ops`` the op-by-op table of :func:`_op_table` (else None)."""
     import torch
 
     from passion_kit.data import PreparedDataset, augment_for, load_description
@@ -153,14 +154,14 @@ def _profile(cfg, steps: int, log, ops: bool = False) -> list[tuple[str, float]]
     keys = list(records[0])
     means = [(key, statistics.mean(r[key] for r in records)) for key in keys]
     log(f"profiled {steps} steps after 2 warm-up steps")
-    if ops:
-        from torch.profiler import profile
+    if not ops:
+        return means, None
+    from torch.profiler import profile
 
-        with profile(record_shapes=True) as prof:
-            for _ in range(steps):
-                one()
-        means.append(("ops", _op_table(prof.key_averages(group_by_input_shape=True), steps)))
-    return means
+    with profile(record_shapes=True) as prof:
+        for _ in range(steps):
+            one()
+    return means, _op_table(prof.key_averages(group_by_input_shape=True), steps)
 
 
 # Op name -> the group it is charged to in the op-by-op table (--ops).
@@ -407,9 +408,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 from passion_kit.train import _ensure_data
 
                 _ensure_data(cfg, cfg.dataset_root())
-            parts = _profile(cfg, args.steps, lambda s: print(s, flush=True), ops=args.ops)
-            by_op = dict(parts).pop("ops", None)
-            parts = [(key, value) for key, value in parts if key != "ops"]
+            parts, by_op = _profile(cfg, args.steps, lambda s: print(s, flush=True), ops=args.ops)
             total = sum(v for _, v in parts)
             print(f"\nwhere a training step's time goes ({cfg.objective.name}, mean of steps):")
             for key, value in parts:

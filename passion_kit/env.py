@@ -79,6 +79,16 @@ def environment(device: str = "auto", data_root: str = "") -> dict[str, str]:
 # oneDNN's ISA names (ONEDNN_MAX_CPU_ISA) from which it runs bf16 in hardware.
 _ONEDNN_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10_1_512_AMX"}
 _ONEDNN_ALL = {"", "ALL", "DEFAULT"}
+_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # /proc/cpuinfo: x86 AVX-512 BF16, AMX; Arm
+
+
+def _onednn_isa() -> str:
+    """The ISA cap set for oneDNN (``ONEDNN_MAX_CPU_ISA``, formerly ``DNNL_``), upper case."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).upper()
+
+
+def _precision(amp: torch.dtype | None) -> str:
+    return "fp32" if amp is None else f"{str(amp).removeprefix('torch.')} autocast"
 
 
 def _cpu_flags() -> tuple[str, set[str]]:
@@ -107,10 +117,9 @@ def cpu_has_native_bf16() -> bool:
     emulated on a newer one) counts as no bf16 units. Reads ``/proc/cpuinfo`` (Linux);
     False where it cannot tell.
     """
-    if not _cpu_flags()[1] & {"avx512_bf16", "amx_bf16", "bf16"}:
+    if not _cpu_flags()[1] & _BF16_FLAGS:
         return False
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))
-    if isa.upper() not in _ONEDNN_ALL | _ONEDNN_BF16_ISAS:
+    if _onednn_isa() not in _ONEDNN_ALL | _ONEDNN_BF16_ISAS:
         return False
     return os.environ.get("ATEN_CPU_CAPABILITY", "").lower() not in ("default", "avx2")
 
@@ -123,16 +132,15 @@ def cpu_summary(amp: torch.dtype | None = None) -> str:
     """
     model, flags = _cpu_flags()
     units = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512")) if flag in flags]
-    units.append("bf16 units" if flags & {"avx512_bf16", "amx_bf16", "bf16"} else "no bf16 units")
+    units.append("bf16 units" if flags & _BF16_FLAGS else "no bf16 units")
     aten = torch.backends.cpu.get_cpu_capability()
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))
-    onednn = f"oneDNN up to {isa}" if isa.upper() not in _ONEDNN_ALL else "oneDNN all ISAs"
+    isa = _onednn_isa()
+    onednn = f"oneDNN up to {isa}" if isa not in _ONEDNN_ALL else "oneDNN all ISAs"
     capped = aten in ("DEFAULT", "AVX2") and "avx512f" in flags
-    emulated = " (emulating an ordinary CPU)" if capped or isa.upper() == "AVX2" else ""
-    precision = "fp32" if amp is None else f"{str(amp).removeprefix('torch.')} autocast"
+    emulated = " (emulating an ordinary CPU)" if capped or isa == "AVX2" else ""
     return (
         f"{model}: {', '.join(units)}; kernels ATen {aten}, {onednn}{emulated}; "
-        f"{precision}, {torch.get_num_threads()} thread(s)"
+        f"{_precision(amp)}, {torch.get_num_threads()} thread(s)"
     )
 
 
@@ -140,6 +148,5 @@ def machine_summary(device: torch.device, amp: torch.dtype | None = None) -> str
     """:func:`cpu_summary` on CPU; the GPU's name and the precision on CUDA or MPS."""
     if device.type == "cpu":
         return cpu_summary(amp)
-    precision = "fp32" if amp is None else f"{str(amp).removeprefix('torch.')} autocast"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return f"{name}; {precision}"
+    return f"{name}; {_precision(amp)}"
