@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
-    from passion_kit.env import reuse_freed_memory
+    from passion_kit.engine.runtime import reuse_freed_memory
     from passion_kit.models.blocks import Conv3d
 
     reuse_freed_memory()

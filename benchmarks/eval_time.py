@@ -2,7 +2,7 @@
 
 - ``per mask``: the whole network once per combination (zeroed absent channels, encode
   and fuse), as a plain evaluation loop does.
-- ``kit``: :class:`passion_kit.evaluate.MultiMaskPredictor`: every window is encoded once
+- ``kit``: :class:`passion_kit.engine.evaluate.MultiMaskPredictor`: every window is encoded once
   and all combinations are fused from those features in batched mask rows.
 
 Both use the same MONAI sliding window (default: one 80^3 case, 80^3 windows, 0.5
@@ -12,7 +12,7 @@ overlap). Usage::
 
 The last line is ``15-combination speed-up: X.XX`` (per-mask time / kit time, medians).
 On CPU both run as ``evaluate_run`` runs them, with freed memory reused
-(``passion_kit.env.reuse_freed_memory``); ``--system-malloc`` leaves glibc's defaults.
+(``passion_kit.engine.runtime.reuse_freed_memory``); ``--system-malloc`` leaves glibc's defaults.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> float:
     import passion_kit as pk
     from passion_kit.data.modalities import BRATS
     from passion_kit.data.phantom import generate_case
-    from passion_kit.env import reuse_freed_memory
-    from passion_kit.evaluate import MultiMaskPredictor
+    from passion_kit.engine.evaluate import MultiMaskPredictor
+    from passion_kit.engine.runtime import reuse_freed_memory
 
     device = torch.device(args.device)
     reusing = device.type == "cpu" and not args.system_malloc and reuse_freed_memory()

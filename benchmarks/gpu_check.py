@@ -82,7 +82,7 @@ def _eval_case(backbone: str, args) -> str:
     import passion_kit as pk
     from passion_kit.data.modalities import BRATS
     from passion_kit.data.phantom import generate_case
-    from passion_kit.evaluate import MultiMaskPredictor
+    from passion_kit.engine.evaluate import MultiMaskPredictor
 
     image, _ = generate_case(0, size=240)
     start = (240 - 155) // 2

@@ -35,8 +35,8 @@ def _curve(cfg, every: int, device: str, log) -> list[dict]:
     import pandas as pd
 
     from passion_kit.data import PreparedDataset
-    from passion_kit.evaluate import evaluate_cases, load_run, summarize
-    from passion_kit.train import fit
+    from passion_kit.engine.evaluate import evaluate_cases, load_run, summarize
+    from passion_kit.engine.train import fit
 
     epochs = cfg.train.epochs
     marks = sorted({*range(every, epochs + 1, every), epochs})
@@ -92,7 +92,9 @@ def _profile(cfg, steps: int, log, ops: bool = False):
     import torch
 
     from passion_kit.data import PreparedDataset, augment_for, load_description
-    from passion_kit.train import amp_dtype, build_model, build_objective_from, select_device
+    from passion_kit.engine.runs import build_model
+    from passion_kit.engine.runtime import amp_dtype, select_device
+    from passion_kit.engine.train import build_objective_from
 
     device = select_device(cfg.train.device)
     root = cfg.dataset_root()
@@ -343,9 +345,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import torch
 
     from passion_kit.config import ExperimentConfig
-    from passion_kit.env import cpu_has_native_bf16, machine_summary, reuse_freed_memory
+    from passion_kit.engine.runtime import (
+        amp_dtype,
+        cpu_has_native_bf16,
+        machine_summary,
+        reuse_freed_memory,
+        select_device,
+    )
     from passion_kit.models import blocks
-    from passion_kit.train import amp_dtype, select_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -405,9 +412,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 )
         if args.profile:
             if args.no_curve:  # the trainer generates the phantom; without it, do it here
-                from passion_kit.train import _ensure_data
+                from passion_kit.engine.runs import ensure_data
 
-                _ensure_data(cfg, cfg.dataset_root())
+                ensure_data(cfg, cfg.dataset_root())
             parts, by_op = _profile(cfg, args.steps, lambda s: print(s, flush=True), ops=args.ops)
             total = sum(v for _, v in parts)
             print(f"\nwhere a training step's time goes ({cfg.objective.name}, mean of steps):")

@@ -10,7 +10,7 @@ missing (FLAIR, T1c and T2 present), with PASSION off (baseline) and on. The off
 step sums the loss terms its ``train.py`` combines (fused, PRM and unimodal losses; with
 PASSION the KL and prototype losses, here unweighted: the weights change no work). The
 four steps are interleaved in one process, so a busy machine slows all alike; medians
-are reported, and freed memory is reused for both (``passion_kit.env``).
+are reported, and freed memory is reused for both (``passion_kit.engine.runtime``).
 
 Usage::
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     root = _official_root(args.official_code)
 
-    from passion_kit.env import reuse_freed_memory
+    from passion_kit.engine.runtime import reuse_freed_memory
 
     if args.threads:
         torch.set_num_threads(args.threads)

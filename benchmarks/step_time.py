@@ -11,7 +11,8 @@ Usage::
     python benchmarks/step_time.py --backbone rfnet --patch-size 80 --device cuda --amp
 
 The last line is ``passion/baseline step ratio: X.XX`` (median step times). On CPU the
-steps run as ``fit`` runs them, with freed memory reused (``passion_kit.env.reuse_freed_memory``);
+steps run as ``fit`` runs them, with freed memory reused
+(``passion_kit.engine.runtime.reuse_freed_memory``);
 ``--system-malloc`` leaves glibc's defaults, to see what that saves. With
 ``--profile``, a table first says where each objective's step goes, module by module
 (forward and backward; the fusion decoder part by part, level by level), from
@@ -239,7 +240,7 @@ def _configure(args: argparse.Namespace) -> bool:
     """Threads, and on CPU the allocator as ``fit`` sets it; True when freed memory is reused."""
     import torch
 
-    from passion_kit.env import reuse_freed_memory
+    from passion_kit.engine.runtime import reuse_freed_memory
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     memory_kind = "peak GPU memory" if args.device.startswith("cuda") else "peak RSS"
-    from passion_kit.env import cpu_has_native_bf16, machine_summary
+    from passion_kit.engine.runtime import cpu_has_native_bf16, machine_summary
 
     amp = torch.bfloat16 if args.amp else None
     print(f"machine: {machine_summary(torch.device(args.device), amp)}")

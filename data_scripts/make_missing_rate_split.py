@@ -1,4 +1,4 @@
-"""Draw an imbalanced missing-rate split with the official algorithm (spec A.3).
+"""Draw an imbalanced missing-rate split with the official algorithm (docs/method.md A.3).
 
 Rates are given by modality name, never by position::
 

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--raw", help="folder holding BraTS20_Training_XXX case folders")
     src.add_argument("--rfnet-npy", help="folder holding vol/ and seg/ (RFNet/PASSION npy)")
-    crop_help = "official: RFNet's [min:max) crop, which drops the last index (spec G.15)"
+    crop_help = "official: RFNet's [min:max) crop, which drops the last index (docs/method.md G.15)"
     ap.add_argument("--crop-mode", default="official", choices=CROP_MODES, help=crop_help)
     args = ap.parse_args(argv)
     return run_preparation(

@@ -13,8 +13,9 @@ Usage (CPU, a few seconds)::
 
 from __future__ import annotations
 
-from passion_kit import losses, objectives, preference
+from passion_kit import objectives
 from passion_kit.data.modalities import BRATS, MYOPS, ModalitySet
+from passion_kit.method import losses, preference
 from passion_kit.models import available_backbones, build_backbone
 
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ __all__ = ["main"]
 
 
 def _info(_: argparse.Namespace) -> int:
-    from passion_kit.env import environment
+    from passion_kit.engine.runtime import environment
 
     for key, value in environment().items():
         print(f"{key:>14}: {value}")
@@ -94,7 +94,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from passion_kit.config import ExperimentConfig
-    from passion_kit.train import fit
+    from passion_kit.engine.train import fit
 
     if args.config:
         cfg = ExperimentConfig.from_file(args.config, args.overrides)
@@ -103,7 +103,7 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = fit(cfg)
     print(f"run directory: {run_dir}")
     if args.evaluate and int(os.environ.get("RANK", "0")) == 0:
-        from passion_kit.evaluate import evaluate_run
+        from passion_kit.engine.evaluate import evaluate_run
 
         paths = evaluate_run(run_dir, device=cfg.train.device, progress=cfg.train.progress)
         print(paths["markdown"].read_text())
@@ -111,7 +111,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from passion_kit.evaluate import evaluate_run
+    from passion_kit.engine.evaluate import evaluate_run
 
     paths = evaluate_run(
         args.run_dir,
@@ -137,8 +137,12 @@ def _shown(path) -> str:
 
 
 def _explorer_checkpoint(args: argparse.Namespace) -> int:
-    from passion_kit.train import fit
-    from passion_kit.widgets import SHIPPED_EXPLORER, explorer_config, pack_explorer_checkpoint
+    from passion_kit.engine.train import fit
+    from passion_kit.lessons.explorer import (
+        SHIPPED_EXPLORER,
+        explorer_config,
+        pack_explorer_checkpoint,
+    )
 
     data_root = args.data_root or os.environ.get("PASSION_KIT_DATA", "data")
     cfg = explorer_config(data_root, args.run_dir, device=args.device)

@@ -1,9 +1,9 @@
 """Experiment configuration: one dataclass per concern, presets, files and overrides.
 
-Defaults are the paper's settings (spec E). Presets:
+Defaults are the paper's settings (docs/method.md E). Presets:
 
 - ``brats2020-paper``: mmFormer, IDT, mr2468, 80^3 patches, 300 epochs, batch 1.
-- ``myops2020-paper``: the authors' 2D MyoPS protocol (MYOPS.md): Adam(amsgrad) at 2e-3,
+- ``myops2020-paper``: the authors' 2D MyoPS protocol (docs/data.md): Adam(amsgrad) at 2e-3,
   a 20-epoch unimodal warm-up, 256x256x1 slices.
 - ``cpu``: the built-in phantom (60 cases of 32^3), 9 epochs at lr 2e-2, in bf16 where the
   CPU has bf16 units and fp32 elsewhere, the beta schedule of 300 epochs walked in 9: a
@@ -58,7 +58,7 @@ class UsageError(ValueError):
 class DataConfig:
     dataset: str = "brats2020"  # folder under the data root
     root: str = ""  # the prepared dataset folder; "" = <data root>/<dataset>
-    setting: str = "idt"  # pdt | idt | idt_drop (spec A.2)
+    setting: str = "idt"  # pdt | idt | idt_drop (docs/method.md A.2)
     missing_rates: str = "mr2468"  # split name under splits/missing_rates, or a CSV path
     train_split: str = "train"
     test_split: str = "test"
@@ -87,8 +87,8 @@ class ObjectiveConfig:
     weight_proto: float = 0.1
     students: str = "available"  # available | all (official HEAD in PDT) | official (by setting)
     reduction: str = "mean"  # mean | sum (official; effective lr grows with batch size)
-    skip_degenerate: bool = True  # spec G.2 fix
-    exclude_single_modality: bool = False  # spec G.3
+    skip_degenerate: bool = True  # docs/method.md G.2 fix
+    exclude_single_modality: bool = False  # docs/method.md G.3
     keep_self_students: bool = False  # official: single-modality samples keep a self-student
     # modality: epoch D per modality over its students | iteration: over the iterations
     # (the official statistic in pdt and idt_drop) | official: the official one per setting
@@ -114,7 +114,7 @@ class ObjectiveConfig:
 class TrainConfig:
     epochs: int = 300
     batch_size: int = 1
-    iterations_per_epoch: int = 0  # 0: one pass over the training split (spec G.5 fix)
+    iterations_per_epoch: int = 0  # 0: one pass over the training split (docs/method.md G.5 fix)
     optimizer: str = "adamw"  # adamw | adam (both with amsgrad, as the official code)
     lr: float = 2e-4
     weight_decay: float = 1e-4
@@ -126,6 +126,9 @@ class TrainConfig:
     # CPU. fast: as auto, and bf16 on a CPU with bf16 units (AVX-512 BF16, AMX, Arm BF16),
     # where a step is about 2.5x faster (docs/cpu_recipe.md). bf16 | fp16: that dtype.
     amp: str = "off"
+    # Swap the models' plain PyTorch modules for the tested-equal kernels of
+    # passion_kit.fast (training and evaluation); false runs the plain modules.
+    fast_kernels: bool = True
     keep_epochs: list[int] = field(default_factory=lambda: [100, 200, 300])
     run_dir: str = "runs"
     name: str = ""  # run folder name; "" = <dataset>_<backbone>_<objective>_<setting>_s<seed>

@@ -17,14 +17,14 @@ Usage::
 from __future__ import annotations
 
 import ast
-import itertools
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
+from passion_kit.engine.grid import Grid, grid_points, point_name
 from passion_kit.io import atomic_write_text, markdown_table
 
 __all__ = [
@@ -46,19 +46,6 @@ __all__ = [
 ]
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "05_train_and_evaluate.ipynb"
-
-
-@dataclass
-class Grid:
-    """The dimensions of a reproduction grid and the parameters every point shares."""
-
-    backbones: list[str] = field(default_factory=lambda: ["rfnet"])
-    objectives: list[str] = field(default_factory=lambda: ["baseline", "passion"])
-    missing_rates: list[str] = field(default_factory=lambda: ["mr2468"])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    parameters: dict = field(default_factory=dict)  # shared notebook parameters
-    # training settings (idt, pdt, idt_drop) as a dimension; None: the parameters' (or idt)
-    settings: list[str] | None = None
 
 
 GRIDS: dict[str, Grid] = {
@@ -91,55 +78,6 @@ GRIDS: dict[str, Grid] = {
         parameters={"preset": "brats2020-paper", "dataset": "brats2020"},
     ),
 }  # fmt: skip
-
-
-# Shared parameters that do not change what is trained (or are in the name already).
-_UNNAMED = {"preset", "dataset", "data_root", "smoke", "device", "run_dir"}
-
-
-def grid_points(grid: Grid) -> list[dict]:
-    """One parameter dict per point, with a unique ``name``."""
-    points = []
-    for backbone, objective, rates, seed, setting in itertools.product(
-        grid.backbones, grid.objectives, grid.missing_rates, grid.seeds, grid.settings or [None]
-    ):
-        params = dict(grid.parameters)
-        params.update(backbone=backbone, objective=objective, missing_rates=rates, seed=seed)
-        dataset = params.get("dataset", "data")
-        # Parameters that change the result name the run, so a changed grid never
-        # mistakes an old run for its own (e.g. epochs=40 -> ..._epochs40).
-        extra = "".join(
-            f"_{key}{value}"
-            for key, value in sorted(grid.parameters.items())
-            if key not in _UNNAMED
-        )
-        if setting is not None:  # idt keeps the plain name: the main job's runs are reused
-            params["setting"] = setting
-            extra += "" if setting == "idt" else f"_{setting}"
-        params["name"] = f"{dataset}_{backbone}_{objective}_{rates}_s{seed}{extra}"
-        points.append(params)
-    return points
-
-
-def point_name(
-    objective: str,
-    *,
-    backbone: str = "rfnet",
-    missing_rates: str = "mr2468",
-    seed: int = 0,
-    **parameters,
-) -> str:
-    """The run name a grid gives a point, e.g. the main job's PASSION run of seed 0:
-    ``point_name("passion", preset="cpu", dataset="phantom")``. ``parameters`` are the
-    grid's shared notebook parameters (those that change the result name the run)."""
-    grid = Grid(
-        backbones=[backbone],
-        objectives=[objective],
-        missing_rates=[missing_rates],
-        seeds=[seed],
-        parameters=parameters,
-    )
-    return grid_points(grid)[0]["name"]
 
 
 def kernel_manager_class():
@@ -343,7 +281,7 @@ def _prepare_data(todo: list[tuple[int, dict]], notebook: Path) -> None:
     import papermill as pm
 
     from passion_kit.config import notebook_config
-    from passion_kit.train import _ensure_data
+    from passion_kit.engine.runs import ensure_data
 
     accepted = set(inspect.signature(notebook_config).parameters)
     defaults = {
@@ -361,7 +299,7 @@ def _prepare_data(todo: list[tuple[int, dict]], notebook: Path) -> None:
         cfg = notebook_config(**kwargs)
         root = cfg.dataset_root()
         if root not in done:
-            _ensure_data(cfg, root)
+            ensure_data(cfg, root)
             done.add(root)
 
 
@@ -686,7 +624,7 @@ def plot_effect(effect: pd.DataFrame, *, path: str | os.PathLike | None = None):
 def _comparison_figures(out: Path, points: list[dict]) -> dict[str, Path]:
     """Per setting: baseline vs PASSION side by side (preference dynamics, 15-combination
     Dice), and with more objectives, all of their per-modality dynamics in one figure."""
-    from passion_kit.viz import plot_dice_heatmap, plot_preference
+    from passion_kit.lessons.viz import plot_dice_heatmap, plot_preference
 
     runs: dict[tuple, dict[str, Path]] = {}
     for p in points:

@@ -12,8 +12,9 @@ import torch
 
 from passion_kit.__main__ import main
 from passion_kit.config import ExperimentConfig, UsageError
+from passion_kit.engine.runs import load_checkpoint
+from passion_kit.engine.train import fit
 from passion_kit.io import NoSpaceError, atomic_torch_save, remove_stale_temps
-from passion_kit.train import fit, load_checkpoint
 from tests.conftest import tiny_config
 
 
@@ -142,7 +143,7 @@ def test_each_epoch_leaves_one_line(trained, tmp_path, capsys):
 
 
 def test_evaluate_refuses_a_read_only_run_before_computing(trained, tmp_path, monkeypatch):
-    import passion_kit.evaluate as ev
+    import passion_kit.engine.evaluate as ev
 
     root, run = trained
     copy = tmp_path / "run"
@@ -175,7 +176,7 @@ def test_check_writable_refuses_a_folder_it_cannot_write(tmp_path, monkeypatch):
 
 
 def test_a_checkpoint_of_another_run_is_not_filed_under_this_one(trained, tmp_path):
-    from passion_kit.evaluate import evaluate_run
+    from passion_kit.engine.evaluate import evaluate_run
 
     root, run = trained
     other = tmp_path / "other"
@@ -200,12 +201,12 @@ def test_cli_errors_are_one_line_with_status_2_for_arguments_and_1_for_data(tmp_
 
 
 def test_bad_arrays_are_refused_without_pickle(tmp_path):
-    from passion_kit.data.prepared import _load_array
+    from passion_kit.data.prepared import load_array
 
     path = tmp_path / "image.npy"
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match=rf"{path}: not a readable \.npy array"):
-        _load_array(path, None)
+        load_array(path, None)
 
 
 def test_a_split_with_rows_for_cases_not_prepared_warns_naming_them(trained, tmp_path):
@@ -228,7 +229,7 @@ def test_a_split_with_rows_for_cases_not_prepared_warns_naming_them(trained, tmp
 
 def test_evaluation_refuses_a_case_with_nan_or_foreign_labels(trained, tmp_path):
     from passion_kit.data import PreparedDataset
-    from passion_kit.evaluate import evaluate_cases, load_run
+    from passion_kit.engine.evaluate import evaluate_cases, load_run
 
     root, run = trained
     copy = tmp_path / "phantom"
@@ -259,7 +260,7 @@ def test_a_case_id_cannot_leave_the_cases_folder(tmp_path, case_id):
 
 def test_evaluating_on_another_dataset_is_refused_and_a_moved_one_accepted(trained, tmp_path):
     from passion_kit.data.phantom import make_phantom
-    from passion_kit.evaluate import evaluate_run
+    from passion_kit.engine.evaluate import evaluate_run
 
     root, run = trained
     copy = tmp_path / "run"

@@ -96,7 +96,8 @@ def test_the_command_line_says_a_user_error_in_one_line(tmp_path, capsys):
 
 def test_the_official_presets_are_the_paper_presets_with_the_official_switches():
     from passion_kit.config import OFFICIAL_SWITCHES
-    from passion_kit.train import build_objective_from
+    from passion_kit.engine.train import build_objective_from
+    from passion_kit.method.baseline import Deviations
 
     for name in ("brats2020", "myops2020"):
         paper = ExperimentConfig.preset(f"{name}-paper").to_dict()
@@ -115,9 +116,11 @@ def test_the_official_presets_are_the_paper_presets_with_the_official_switches()
     by_setting = {}
     for setting in ("idt", "idt_drop", "pdt"):
         objective = build_objective_from(cfg.override([f"data.setting={setting}"]), 4, 4)
-        assert objective.reduction == "sum" and objective.skip_degenerate is False
-        assert objective.keep_self_students and objective.warmup_decay
-        by_setting[setting] = (objective.students, objective.state.distance_mean)
+        d = objective.deviations
+        assert d == Deviations.official(setting)
+        assert d.reduction == "sum" and d.skip_degenerate is False
+        assert d.keep_self_students and d.warmup_decay
+        by_setting[setting] = (d.students, objective.state.distance_mean)
     assert by_setting == {
         "idt": ("available", "modality"),
         "idt_drop": ("available", "iteration"),

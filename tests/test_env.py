@@ -13,7 +13,7 @@ import pytest
 # tensor lay in malloc's heap (not in an mmap of its own) and the heap's size once freed.
 PROBE = """
 import sys, torch
-from passion_kit.env import reuse_freed_memory
+from passion_kit.engine.runtime import reuse_freed_memory
 reused = reuse_freed_memory() if sys.argv[1] == "reuse" else False
 
 def heap():

@@ -9,7 +9,7 @@ import torch
 
 import passion_kit as pk
 from passion_kit.data.modalities import BRATS
-from passion_kit.evaluate import (
+from passion_kit.engine.evaluate import (
     MultiMaskPredictor,
     case_metrics,
     dice,
@@ -18,7 +18,7 @@ from passion_kit.evaluate import (
     save_prediction_nifti,
     summarize,
 )
-from passion_kit.train import fit
+from passion_kit.engine.train import fit
 from tests.conftest import tiny_config
 from tests.models.test_backbone_contract import SMALL  # CPU-sized settings per backbone
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from passion_kit.config import ExperimentConfig
-from passion_kit.evaluate import border_distances, hd95
-from passion_kit.lesson_plots import (
+from passion_kit.engine.evaluate import border_distances, hd95
+from passion_kit.engine.train import eta_scale
+from passion_kit.lessons.plots import (
     plot_hd95_conventions,
     plot_learning_curve,
     replay_beta,
     scheduled_eta,
 )
-from passion_kit.preference import PreferenceState
-from passion_kit.train import eta_scale
+from passion_kit.method.preference import PreferenceState
 
 NAMES = ("flair", "t1c", "t1", "t2")
 

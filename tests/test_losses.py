@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from passion_kit import losses
+from passion_kit.method import losses
 
 
 def _vox(values):

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from passion_kit import mask_view
 from passion_kit.data import BRATS2020, rates_from_name, read_split
 from passion_kit.data.modalities import BRATS
 from passion_kit.data.splits import shipped
+from passion_kit.lessons import mask_view
 from passion_kit.models.m2ftrans import M2FTrans
 from passion_kit.models.mmformer import MMFormer
 from passion_kit.models.rfnet import RFNet
@@ -33,7 +33,7 @@ def test_pattern_probabilities_match_the_published_split_counts():
     realized = np.array([ids.count(i) for i in range(15)])
     allotted = np.maximum(1, np.floor(len(split) * probs.to_numpy()))
     assert (realized >= allotted).all()  # redrawn all-missing rows only add cases
-    assert realized.sum() - allotted.sum() == 15  # spec A.3: 204 rows allotted, 15 redrawn
+    assert realized.sum() - allotted.sum() == 15  # docs/method.md A.3: 204 rows allotted, 15 redrawn
     with pytest.raises(ValueError, match="each of"):
         mask_view.pattern_probabilities({"flair": 0.5}, BRATS)
 
@@ -137,9 +137,11 @@ def test_plot_weight_tables_and_region_maps():
 
 
 def test_trained_run_prefers_the_main_jobs_finished_run(tmp_path, monkeypatch):
-    import passion_kit.widgets
+    import passion_kit.lessons.explorer
 
-    monkeypatch.setattr(passion_kit.widgets, "explorer_run", lambda d, r: tmp_path / "shipped")
+    monkeypatch.setattr(
+        passion_kit.lessons.explorer, "explorer_run", lambda d, r: tmp_path / "shipped"
+    )
     run = tmp_path / "job" / "runs" / "phantom_rfnet_passion_mr2468_s0"
     assert mask_view.trained_run(tmp_path / "job", "data", "runs") == tmp_path / "shipped"
     run.mkdir(parents=True)

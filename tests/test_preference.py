@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from passion_kit import preference as pref
+from passion_kit.method import preference as pref
 
 
 def test_update_beta_by_hand():
@@ -65,7 +65,7 @@ def test_single_student_sample_does_not_poison_the_batch():
     assert torch.isfinite(fixed).all()
     assert pref.task_gate(fixed).tolist() == [False, True, False, False]
     official = pref.iteration_preference(d, a, skip_degenerate=False)
-    assert torch.isnan(official).all()  # spec G.2: 0/0 spreads to every modality
+    assert torch.isnan(official).all()  # docs/method.md G.2: 0/0 spreads to every modality
     assert not pref.task_gate(official).any()
 
 
@@ -162,7 +162,7 @@ def test_a_short_run_walks_the_whole_paper_schedule(epochs):
 
 def test_eta_epochs_in_the_config_scales_the_objective():
     from passion_kit.config import ExperimentConfig
-    from passion_kit.train import build_objective_from
+    from passion_kit.engine.train import build_objective_from
 
     cfg = ExperimentConfig.preset("cpu").override(["train.epochs=30", "objective.eta_epochs=300"])
     assert build_objective_from(cfg, 4, 4).state.eta_scale == pytest.approx(10.0)
@@ -190,7 +190,7 @@ def test_the_epoch_distance_per_modality_or_per_iteration():
 
 def test_epoch_distance_is_a_config_key():
     from passion_kit.config import ExperimentConfig
-    from passion_kit.train import build_objective_from
+    from passion_kit.engine.train import build_objective_from
 
     cfg = ExperimentConfig.preset("cpu").override(["objective.epoch_distance=iteration"])
     assert build_objective_from(cfg, 4, 4).state.distance_mean == "iteration"

@@ -10,12 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from passion_kit import build_backbone, losses, preference
-from passion_kit import step_view as sv
+from passion_kit import build_backbone
 from passion_kit.data.modalities import BRATS
-from passion_kit.objectives.base import one_hot
-from passion_kit.objectives.passion import PassionObjective
-from passion_kit.widgets import SHIPPED_EXPLORER
+from passion_kit.lessons import step_view as sv
+from passion_kit.lessons.explorer import SHIPPED_EXPLORER
+from passion_kit.method import losses, preference
+from passion_kit.method.base import one_hot
+from passion_kit.method.passion import PassionObjective
 
 NAMES = BRATS.modalities
 CLASSES = ("background", "ncr_net", "edema", "enhancing")
@@ -159,8 +160,8 @@ def test_case_batch_zeroes_the_absent_channels_and_crops_on_the_tumour(phantom_r
 
 
 def test_passion_run_prefers_the_main_jobs_complete_run(tmp_path):
+    from passion_kit.lessons.explorer import shipped_explorer_run
     from passion_kit.reproduce import point_name
-    from passion_kit.widgets import shipped_explorer_run
 
     loaded, source = sv.passion_run(tmp_path / "runs", tmp_path / "data")
     assert source == SHIPPED_EXPLORER and loaded.cfg.objective.name == "passion"

@@ -9,8 +9,10 @@ import math
 import pytest
 import torch
 
+from passion_kit.engine.runs import RunFiles, load_checkpoint
+from passion_kit.engine.runtime import select_device
+from passion_kit.engine.train import fit, poly_lr
 from passion_kit.models import available_backbones
-from passion_kit.train import RunFiles, fit, load_checkpoint, poly_lr, select_device
 from tests.conftest import tiny_config
 
 
@@ -181,7 +183,7 @@ def test_poly_schedule_matches_the_official_values():
 
 
 def test_amp_fast_uses_bf16_only_on_a_cpu_with_bf16_units(monkeypatch):
-    import passion_kit.train as train
+    import passion_kit.engine.train as train
     from passion_kit.config import ExperimentConfig
 
     cfg = ExperimentConfig.preset("cpu")
@@ -197,7 +199,7 @@ def test_amp_fast_uses_bf16_only_on_a_cpu_with_bf16_units(monkeypatch):
 
 
 def test_the_paper_presets_train_and_evaluate_in_fp32_as_the_official_code():
-    import passion_kit.train as train
+    import passion_kit.engine.train as train
     from passion_kit.config import PRESETS, ExperimentConfig
 
     for name in PRESETS:
@@ -209,7 +211,7 @@ def test_the_paper_presets_train_and_evaluate_in_fp32_as_the_official_code():
 
 
 def test_cpu_bf16_detection_reads_the_cpu_flags_and_the_kernel_caps(monkeypatch, tmp_path):
-    import passion_kit.env as env
+    import passion_kit.engine.runtime as env
 
     real_read = env.Path.read_text
     for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
@@ -267,7 +269,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
 
 def test_a_run_from_an_earlier_kit_resumes_when_a_new_key_has_its_default():
     from passion_kit.config import ExperimentConfig
-    from passion_kit.train import _config_differences
+    from passion_kit.engine.train import _config_differences
 
     cfg = ExperimentConfig.preset("cpu").to_dict()
     older = json.loads(json.dumps(cfg))
@@ -279,7 +281,7 @@ def test_a_run_from_an_earlier_kit_resumes_when_a_new_key_has_its_default():
 
 
 def test_the_image_fill_key_reaches_the_augmentation(phantom_root, tmp_path, monkeypatch):
-    import passion_kit.train as train
+    import passion_kit.engine.train as train
 
     seen = {}
     real = train.augment_for

@@ -11,7 +11,7 @@ import pytest
 
 from passion_kit.data.description import PHANTOM
 from passion_kit.data.phantom import generate_case
-from passion_kit.viewer3d import (
+from passion_kit.lessons.viewer3d import (
     OVERLAY_OPACITY,
     CaseView3D,
     class_colors,
@@ -19,7 +19,7 @@ from passion_kit.viewer3d import (
     nifti_bytes,
     niivue_missing,
 )
-from passion_kit.viz import REGION_COLORS
+from passion_kit.lessons.viz import REGION_COLORS
 
 
 @pytest.fixture(autouse=True)
@@ -136,7 +136,7 @@ def test_the_missing_package_and_webgl_are_explained_in_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "ipyniivue", None)  # an import now fails
     reason = niivue_missing()
     assert "ipyniivue" in reason and "2-D" in reason and "\n" not in reason
-    from passion_kit import viewer3d
+    from passion_kit.lessons import viewer3d
 
     probe = viewer3d._probe_class()()
     assert 'getContext("webgl2")' in viewer3d._PROBE_ESM and "WebGL2" in probe.message

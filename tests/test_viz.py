@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 
-from passion_kit import viz
 from passion_kit.data import load_split
 from passion_kit.data.modalities import BRATS
-from passion_kit.evaluate import evaluate_run
+from passion_kit.engine.evaluate import evaluate_run
+from passion_kit.lessons import viz
 from tests.test_widgets import smoke_run
 
 PNG = b"\x89PNG\r\n\x1a\n"

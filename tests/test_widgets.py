@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from passion_kit import widgets
 from passion_kit.config import ExperimentConfig
-from passion_kit.evaluate import case_metrics, predict_case
-from passion_kit.train import amp_dtype
-from passion_kit.widgets import (
+from passion_kit.engine.evaluate import case_metrics, predict_case
+from passion_kit.engine.runtime import amp_dtype
+from passion_kit.lessons import explorer as widgets
+from passion_kit.lessons.explorer import (
     CachedCase,
     MissingModalityExplorer,
     explorer_command,
@@ -65,8 +65,8 @@ def test_the_documented_command_makes_the_same_run(tmp_path):
 
 def test_the_shipped_checkpoint_is_the_documented_run_and_loads_safely():
     from passion_kit.config import PLACE_KEYS
-    from passion_kit.train import load_checkpoint
-    from passion_kit.widgets import SHIPPED_EXPLORER
+    from passion_kit.engine.runs import load_checkpoint
+    from passion_kit.lessons.explorer import SHIPPED_EXPLORER
 
     files = sorted(p.name for p in SHIPPED_EXPLORER.iterdir() if p.is_file())
     assert set(widgets._PACKED) <= set(files)
@@ -187,7 +187,7 @@ def test_toggles_reuse_the_encoder_features(tmp_path_factory, monkeypatch, capsy
 
 
 def test_bf16_toggles_agree_with_fp32(explorer, capsys):
-    from passion_kit.env import cpu_has_native_bf16
+    from passion_kit.engine.runtime import cpu_has_native_bf16
 
     if not cpu_has_native_bf16():  # emulated bf16 took 12 s a fuse where fp32 took 0.3 s
         pytest.skip("no bf16 units on this CPU (or capped kernels): bf16 would be emulated")

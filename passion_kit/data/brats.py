@@ -1,4 +1,4 @@
-"""BraTS2020 to the prepared format (spec A.4), from raw NIfTI or the RFNet npy layout.
+"""BraTS2020 to the prepared format (docs/method.md A.4), from raw NIfTI or the RFNet npy layout.
 
 Raw layouts found under ``raw_root`` (searched recursively, so either root works):
 

@@ -1,6 +1,6 @@
-"""The torch dataset over any prepared dataset, in the three training settings (spec A.2).
+"""The torch dataset over any prepared dataset, in the three training settings (docs/method.md A.2).
 
-Every sample is a dict (DESIGN.md, "The batch"); the default collate stacks them into
+Every sample is a dict (docs/data.md, "Torch side"); the default collate stacks them into
 ``image`` float32 (B, M, H, W, D), ``label`` int64 (B, H, W, D), ``mask`` bool (B, M)
 and ``case_id`` (a list of str).
 
@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from passion_kit.data.description import DatasetDescription, load_description
-from passion_kit.data.prepared import _load_array, case_dir, list_cases, read_case_ids
+from passion_kit.data.prepared import load_array, case_dir, list_cases, read_case_ids
 from passion_kit.data.splits import MissingRateSplit, read_split
 from passion_kit.data.transforms import TrainAugment
 
@@ -162,8 +162,8 @@ class PreparedDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         case_id = self.case_ids[index]
         d = case_dir(self.root, case_id)
-        image = _load_array(d / "image.npy", "r")
-        label = _load_array(d / "label.npy", "r")
+        image = load_array(d / "image.npy", "r")
+        label = load_array(d / "label.npy", "r")
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
         ms = self.description.modalities
         if self.setting == "pdt":

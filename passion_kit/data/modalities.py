@@ -2,7 +2,7 @@
 
 An availability mask is a boolean vector of length M in the dataset's channel order.
 The 2^M - 1 non-empty masks ("combinations") are indexed by ``mask_id``. BraTS and
-MyoPS use the official PASSION tables (spec A.1, MYOPS.md) so that published split
+MyoPS use the official PASSION tables (docs/method.md A.1, docs/data.md) so that published split
 files and result tables line up id for id; any other M gets a documented default
 order: by number of modalities, then by channel order.
 
@@ -167,7 +167,7 @@ BRATS = ModalitySet(
     ),
 )
 
-# MYOPS.md: channel order [bSSFP (C0), LGE (DE), T2]; ids as in the authors' MyoPS code.
+# The MyoPS channel order (docs/data.md): [bSSFP (C0), LGE (DE), T2]; ids as in the authors' MyoPS code.
 MYOPS = ModalitySet(
     modalities=("bssfp", "lge", "t2"),
     combinations=(

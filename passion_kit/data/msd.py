@@ -3,7 +3,7 @@
 MONAI's :class:`~monai.apps.DecathlonDataset` downloads the task (md5-checked tarball,
 cached, with a progress bar) and lists its cases; the kit then reorders the channels to
 its [FLAIR, T1c, T1, T2] order, maps the labels to its classes and prepares each case like
-BraTS (crop, z-score; spec A.4). The two tables below are the single source of truth,
+BraTS (crop, z-score; docs/method.md A.4). The two tables below are the single source of truth,
 used by the code and printed in ``docs/data.md`` (:func:`mapping_tables_markdown`).
 
 MSD Task01 is BraTS 2016/2017 under other file names (``BRATS_001``..``BRATS_484``) and

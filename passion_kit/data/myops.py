@@ -1,4 +1,4 @@
-"""MyoPS2020 to the prepared format, following the authors' 2D protocol (MYOPS.md).
+"""MyoPS2020 to the prepared format, following the authors' 2D protocol (docs/data.md).
 
 Three modalities in the order [bSSFP (C0), LGE (DE), T2]; six classes (0 background,
 1 normal myocardium (raw 200), 2 LV blood pool (500), 3 RV blood pool (600), 4 edema

@@ -17,7 +17,7 @@ different information, as in real MRI (:data:`TISSUE_INTENSITY`):
 
 Nuisances: per-case tissue contrast jitter, smooth texture, partial volume (blur), a
 multiplicative bias field per modality, Gaussian noise. Intensities are then z-scored
-on brain voxels like every prepared dataset (spec A.4).
+on brain voxels like every prepared dataset (docs/method.md A.4).
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""Reading and writing the prepared-data format shared by every dataset (DESIGN.md).
+"""Reading and writing the prepared-data format shared by every dataset (docs/data.md).
 
 ::
 
@@ -115,7 +115,7 @@ def read_case(
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such prepared case")
     mode = "r" if mmap else None
-    image, label = (_load_array(d / name, mode) for name in ("image.npy", "label.npy"))
+    image, label = (load_array(d / name, mode) for name in ("image.npy", "label.npy"))
     meta = json.loads((d / "meta.json").read_text())
     return image, label, meta
 
@@ -140,7 +140,7 @@ def read_case_ids(path: str | os.PathLike) -> list[str]:
     return ids
 
 
-def _load_array(path: Path, mode: str | None) -> np.ndarray:
+def load_array(path: Path, mode: str | None) -> np.ndarray:
     """``np.load`` with an error that names the file (truncated, foreign or pickled)."""
     try:
         return np.load(path, mmap_mode=mode, allow_pickle=False)

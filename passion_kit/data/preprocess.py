@@ -1,4 +1,4 @@
-"""The preparation steps shared by BraTS, MSD Task01, MyoPS and the phantom (spec A.4).
+"""The preparation steps shared by BraTS, MSD Task01, MyoPS and the phantom (docs/method.md A.4).
 
 - :func:`crop_bounds`: bounding box of the non-zero voxels of the voxel-wise maximum over
   modalities, widened symmetrically to at least 128 voxels per axis.
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 # "official": the RFNet/PASSION slice [min:max) with max the last non-zero index, which
-# drops that index on axes that are not widened (spec G.15). "inclusive" keeps it.
+# drops that index on axes that are not widened (docs/method.md G.15). "inclusive" keeps it.
 CROP_MODES = ("official", "inclusive")
 
 
@@ -42,7 +42,7 @@ def crop_bounds(
     Args:
         volume: (M, H, W, D) or (H, W, D); the non-zero voxels of the maximum over the
             first axis (or of the volume itself) define the box.
-        min_size: axes whose extent is below this are widened symmetrically, as in spec A.4
+        min_size: axes whose extent is below this are widened symmetrically, as in docs/method.md A.4
             (``ecart = int((min_size - ext) / 2)``, ``max += ecart + 1``, ``min -= ecart``,
             shifted to start at 0 if negative, clipped at the array end).
         mode: one of :data:`CROP_MODES`.
@@ -73,7 +73,7 @@ def crop_bounds(
 def zscore(
     volume: np.ndarray, sources: Sequence[str] | None = None
 ) -> tuple[np.ndarray, dict[str, list[float]]]:
-    """Z-score each modality with its brain-voxel statistics (spec A.4).
+    """Z-score each modality with its brain-voxel statistics (docs/method.md A.4).
 
     Args:
         volume: (M, H, W, D) raw intensities, background 0.
@@ -150,7 +150,7 @@ def prepare_volume(
     source_files: Mapping[str, str | None],
     channel_sources: Sequence[str] | None = None,
 ) -> PreparedCase:
-    """Crop, z-score and package one multi-modal volume (spec A.4).
+    """Crop, z-score and package one multi-modal volume (docs/method.md A.4).
 
     Args:
         case_id: the prepared case id.

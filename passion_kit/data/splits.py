@@ -1,4 +1,4 @@
-"""Imbalanced missing-rate splits: generation, reading, writing and validation (spec A.3).
+"""Imbalanced missing-rate splits: generation, reading, writing and validation (docs/method.md A.3).
 
 A split gives every training case one fixed availability mask. The generator is the
 official algorithm (``generate_imb_mr.py``), made general (any case list, any number of
@@ -180,7 +180,7 @@ def _check_rates(rates: Mapping[str, float], modalities: ModalitySet) -> dict[st
 def _pattern_order(m: int) -> list[tuple[bool, ...]]:
     """The order in which the generator walks the non-empty availability patterns.
 
-    Patterns are in ``split_order``. For M = 4 this is the official order (spec A.3), which
+    Patterns are in ``split_order``. For M = 4 this is the official order (docs/method.md A.3), which
     is not plain binary order: in the TT.. and FT.. blocks the last two modalities come
     as TT, FT, TF, FF, in the TF.. and FF.. blocks as TT, TF, FT, FF. For any other M it
     is descending binary order (present first, the first modality most significant).
@@ -204,7 +204,7 @@ def generate_missing_rate_split(
     seed: int = OFFICIAL_SEED,
     group_of: Callable[[str], str] | None = None,
 ) -> MissingRateSplit:
-    """Draw one availability mask per case with the official algorithm (spec A.3).
+    """Draw one availability mask per case with the official algorithm (docs/method.md A.3).
 
     Steps, all from one legacy numpy ``RandomState(seed)`` (the same stream as the
     official ``np.random.seed``): M throw-away Bernoulli draws; each non-empty pattern

@@ -1,4 +1,4 @@
-"""Training augmentation of spec A.5, with explicit fill values (spec G.10, G.11).
+"""Training augmentation of docs/method.md A.5, with explicit fill values (docs/method.md G.10, G.11).
 
 Order as in the official pipeline: random crop to the patch, rotation by a small integer
 angle in one random plane (nearest neighbour, so labels stay labels), intensity jitter
@@ -55,7 +55,7 @@ class TrainAugment:
     """Random crop, rotation, intensity jitter and flips for one (image, label) pair.
 
     Args:
-        patch_size: crop size, an int (cube) or (H, W, D); spec A.5 uses 80.
+        patch_size: crop size, an int (cube) or (H, W, D); docs/method.md A.5 uses 80.
         rotation_degrees: the angle is an integer in [-d, d - 1] (official
             ``randint(-10, 10)``); 0 disables rotation.
         rotation_planes: the planes to choose from, as axis pairs of the (H, W, D) array.
@@ -163,7 +163,7 @@ def _rotate(arr: np.ndarray, angle: int, plane: tuple[int, int], fill: float) ->
 def augment_for(
     description: DatasetDescription, patch_size: int | Sequence[int], **overrides
 ) -> TrainAugment:
-    """The spec A.5 augmentation for a dataset: 3D for volumes; for slice datasets
+    """The docs/method.md A.5 augmentation for a dataset: 3D for volumes; for slice datasets
     (MyoPS) rotation and flips stay in-plane, as the authors do."""
     kw: dict = {"patch_size": patch_tuple(patch_size)}
     if description.kind == "slice":

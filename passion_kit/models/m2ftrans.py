@@ -1,4 +1,4 @@
-"""M2FTrans (Shi et al., 2023) as used by PASSION (spec B.3), behind the backbone interface.
+"""M2FTrans (Shi et al., 2023) as used by PASSION (docs/method.md B.3), behind the backbone interface.
 
 Per-modality 5-level post-norm conv encoders; a masked bottleneck transformer over
 the modality tokens and learnable fusion tokens; attention-derived modality weights
@@ -51,11 +51,9 @@ from torch import nn
 
 from passion_kit.models.base import Backbone, Features, FusionOut, expand_rows, rows_per_sample
 from passion_kit.models.blocks import (
-    Conv3d,
     ConvNormAct,
-    InstanceNorm3d,
     SkipDecoder,
-    upsample,
+    Upsample,
 )
 from passion_kit.models.transformer import TransformerLayer, row_dropout
 
@@ -74,11 +72,11 @@ class DepthwiseBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
-        self.conv1 = Conv3d(in_ch, in_ch, 1)
+        self.conv1 = nn.Conv3d(in_ch, in_ch, 1)
         self.norm1 = nn.LayerNorm(in_ch, eps=1e-6)
         self.conv2 = nn.Conv3d(in_ch, in_ch, 3, padding=1, groups=in_ch)
         self.norm2 = nn.LayerNorm(in_ch, eps=1e-6)
-        self.conv3 = Conv3d(in_ch, out_ch, 1)
+        self.conv3 = nn.Conv3d(in_ch, out_ch, 1)
         self.norm3 = nn.LayerNorm(out_ch, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,11 +91,11 @@ class GroupConvFFN(nn.Module):
     def __init__(self, ch: int, expand: int = 4) -> None:
         super().__init__()
         hidden = ch * expand
-        self.pw1 = Conv3d(ch, hidden, 1)
+        self.pw1 = nn.Conv3d(ch, hidden, 1)
         self.norm1 = nn.LayerNorm(hidden, eps=1e-6)
         self.dw = nn.Conv3d(hidden, hidden, 3, padding=1, groups=ch)
         self.norm2 = nn.LayerNorm(hidden, eps=1e-6)
-        self.pw2 = Conv3d(hidden, ch, 1)
+        self.pw2 = nn.Conv3d(hidden, ch, 1)
         self.norm3 = nn.LayerNorm(ch, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,9 +166,9 @@ class WeightedFusion(nn.Module):
 
     def __init__(self, num_modalities: int, ch: int) -> None:
         super().__init__()
-        self.mix = Conv3d(num_modalities * ch, ch, 1)
+        self.mix = nn.Conv3d(num_modalities * ch, ch, 1)
         self.rest = nn.Sequential(
-            InstanceNorm3d(ch),
+            nn.InstanceNorm3d(ch),
             nn.LeakyReLU(0.2, inplace=True),
             ConvNormAct(ch, ch, kernel=3),
             ConvNormAct(ch, ch, kernel=1),
@@ -327,7 +325,8 @@ class FusionDecoder(nn.Module):
         super().__init__()
         chans = [width * 2**i for i in range(LEVELS)]
         self.deep_heads = nn.ModuleList(
-            nn.Sequential(ConvNormAct(c, 16, kernel=1), Conv3d(16, num_classes, 1)) for c in chans
+            nn.Sequential(ConvNormAct(c, 16, kernel=1), nn.Conv3d(16, num_classes, 1))
+            for c in chans
         )
         self.cross_top = CrossTokens(num_modalities, chans[4], dropout)
         self.cross = CrossTokens(num_modalities, chans[3], dropout)
@@ -335,9 +334,10 @@ class FusionDecoder(nn.Module):
         self.merge_top = ConvNormAct(2 * chans[4], chans[4])
         self.out_top = ConvNormAct(chans[4], chans[4], kernel=1)
         self.up_convs = nn.ModuleList(ConvNormAct(chans[i + 1], chans[i]) for i in range(4))
+        self.upsample = Upsample()
         self.merge_convs = nn.ModuleList(ConvNormAct(2 * c, c) for c in chans[:-1])
         self.out_convs = nn.ModuleList(ConvNormAct(c, c, kernel=1) for c in chans[:-1])
-        self.seg = Conv3d(width, num_classes, 1)
+        self.seg = nn.Conv3d(width, num_classes, 1)
 
     def forward(
         self,
@@ -364,7 +364,7 @@ class FusionDecoder(nn.Module):
         x = self.out_top(self.merge_top(x))
         for level in range(LEVELS - 2, -1, -1):
             skip = skips[level]
-            stream = self.up_convs[level](upsample(x, skip.shape[3:]))
+            stream = self.up_convs[level](self.upsample(x, skip.shape[3:]))
             deep[level] = self.deep_heads[level](stream)
             w = F.interpolate(weights, size=skip.shape[3:], mode="nearest")  # (R, M, *sp)
             if level == LEVELS - 2:

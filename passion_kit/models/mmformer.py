@@ -1,4 +1,4 @@
-"""mmFormer (Zhang et al., MICCAI 2022) as used by PASSION (spec B.2), behind the interface.
+"""mmFormer (Zhang et al., MICCAI 2022) as used by PASSION (docs/method.md B.2), behind the interface.
 
 Per-modality hybrid encoders (a 5-level pre-norm conv encoder, then a one-layer
 intra-modal transformer on the coarsest level), an inter-modal transformer over the
@@ -25,7 +25,7 @@ mask-independent, so ``fuse`` re-runs only what depends on the mask: masking, th
 inter-modal transformer, its projection and the fusion decoder. ``separate`` takes
 the same 6 entries for one modality and decodes the 5 conv levels.
 
-Token layout (spec B.2 quirk). The inter-modal transformer returns M * N tokens,
+Token layout (docs/method.md B.2 quirk). The inter-modal transformer returns M * N tokens,
 modality-major. The official code reshapes them to (h, w, d, M * embed_dim), which
 puts tokens M*p .. M*p + M - 1 (consecutive tokens of mostly the same modality) at
 spatial position p, so the spatial correspondence is scrambled. ``token_layout=
@@ -56,14 +56,11 @@ from torch import nn
 
 from passion_kit.models.base import Backbone, Features, FusionOut, expand_rows, rows_per_sample
 from passion_kit.models.blocks import (
-    Conv3d,
-    InstanceNorm3d,
     Kernel,
     MaskedModalityConv,
     SkipDecoder,
+    Upsample,
     as_kernel,
-    instance_norm,
-    upsample,
 )
 from passion_kit.models.transformer import TransformerLayer
 
@@ -85,9 +82,9 @@ class PreNormConv(nn.Sequential):
         padding_mode: str = "reflect",
     ) -> None:
         super().__init__(
-            InstanceNorm3d(in_ch),
+            nn.InstanceNorm3d(in_ch),
             nn.LeakyReLU(0.2, inplace=True),
-            Conv3d(
+            nn.Conv3d(
                 in_ch,
                 out_ch,
                 kernel,
@@ -103,7 +100,7 @@ def tokens_to_grid(
 ) -> torch.Tensor:
     """Inter-modal tokens (R, M * N, D), modality-major, -> a map (R, M * D, *grid).
 
-    ``"official"``: token t goes to position t // M, channel block t % M (the spec B.2
+    ``"official"``: token t goes to position t // M, channel block t % M (the docs/method.md B.2
     scramble). ``"spatial"``: the token of modality j at position p goes to position p,
     channel block j.
     """
@@ -125,7 +122,7 @@ class Encoder(nn.Module):
     def __init__(self, width: int, kernel: tuple[int, int, int]) -> None:
         super().__init__()
         chans = [width * 2**i for i in range(LEVELS)]
-        self.stem = Conv3d(
+        self.stem = nn.Conv3d(
             1, width, kernel, padding=tuple(k // 2 for k in kernel), padding_mode="reflect"
         )
         self.downs = nn.ModuleList(
@@ -168,6 +165,7 @@ class MaskedFusion(nn.Module):
 
     def __init__(self, num_modalities: int, ch: int, kernel: tuple[int, int, int]) -> None:
         super().__init__()
+        self.norm = nn.InstanceNorm3d(num_modalities * ch)
         self.mix = MaskedModalityConv(num_modalities, ch, ch)
         self.rest = nn.Sequential(
             PreNormConv(ch, ch, kernel, padding_mode="zeros"),
@@ -177,7 +175,7 @@ class MaskedFusion(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: (B, M, C, *sp); mask: (B * S, M) -> (B * S, C, *sp)."""
         b, m, c = x.shape[:3]
-        act = F.leaky_relu(instance_norm(x.reshape(b, m * c, *x.shape[3:])), 0.2)
+        act = F.leaky_relu(self.norm(x.reshape(b, m * c, *x.shape[3:])), 0.2)
         return self.rest(self.mix(act.view_as(x), mask))
 
 
@@ -198,11 +196,12 @@ class FusionDecoder(nn.Module):
         )
         self.fuse = nn.ModuleList(MaskedFusion(num_modalities, c, kernel) for c in chans[:-1])
         self.up_convs = nn.ModuleList(PreNormConv(chans[i + 1], chans[i], kernel) for i in range(4))
+        self.upsample = Upsample()
         self.merge_convs = nn.ModuleList(PreNormConv(2 * c, c, kernel) for c in chans[:-1])
         self.out_convs = nn.ModuleList(PreNormConv(c, c) for c in chans[:-1])
         # deep_heads[i] reads level i + 1 (official seg_d1 .. seg_d4)
-        self.deep_heads = nn.ModuleList(Conv3d(c, num_classes, 1) for c in chans[1:])
-        self.seg = Conv3d(width, num_classes, 1)
+        self.deep_heads = nn.ModuleList(nn.Conv3d(c, num_classes, 1) for c in chans[1:])
+        self.seg = nn.Conv3d(width, num_classes, 1)
 
     def forward(
         self, skips: list[torch.Tensor], bottom: torch.Tensor, mask: torch.Tensor
@@ -212,7 +211,7 @@ class FusionDecoder(nn.Module):
         x = self.fuse_top(bottom)
         deep[-1] = self.deep_heads[-1](x)
         for level in range(LEVELS - 2, -1, -1):
-            stream = self.up_convs[level](upsample(x, skips[level].shape[3:]))
+            stream = self.up_convs[level](self.upsample(x, skips[level].shape[3:]))
             x = torch.cat((self.fuse[level](skips[level], mask), stream), dim=1)
             x = self.out_convs[level](self.merge_convs[level](x))
             if level > 0:
@@ -285,14 +284,14 @@ class MMFormer(Backbone):
         top = width * 2 ** (LEVELS - 1)
 
         self.encoders = nn.ModuleList(Encoder(width, k) for _ in range(num_modalities))
-        self.token_proj = nn.ModuleList(Conv3d(top, embed_dim, 1) for _ in range(num_modalities))
+        self.token_proj = nn.ModuleList(nn.Conv3d(top, embed_dim, 1) for _ in range(num_modalities))
         # Learnable positional embeddings, zero-init; the inter transformer reuses all M.
         self.pos = nn.Parameter(torch.zeros(num_modalities, num_tokens, embed_dim))
         self.intra = nn.ModuleList(
             TransformerLayer(embed_dim, heads, mlp_dim, dropout) for _ in range(num_modalities)
         )
         self.inter = TransformerLayer(embed_dim, heads, mlp_dim, dropout)
-        self.inter_proj = Conv3d(num_modalities * embed_dim, num_modalities * top, 1)
+        self.inter_proj = nn.Conv3d(num_modalities * embed_dim, num_modalities * top, 1)
         self.decoder = FusionDecoder(num_modalities, width, num_classes, k)
         self.sep_decoder = SepDecoder(width, num_classes, k)
         for module in self.modules():

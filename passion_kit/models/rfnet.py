@@ -1,4 +1,4 @@
-"""RFNet (Ding et al., ICCV 2021) as used by PASSION (spec B.1), behind the backbone interface.
+"""RFNet (Ding et al., ICCV 2021) as used by PASSION (docs/method.md B.1), behind the backbone interface.
 
 Per-modality U-Net encoders; a fusion decoder that, at each level, predicts a
 probabilistic region map (PRM) and fuses the modalities region by region
@@ -32,12 +32,10 @@ from torch import nn
 
 from passion_kit.models.base import Backbone, Features, FusionOut, rows_per_sample
 from passion_kit.models.blocks import (
-    Conv3d,
     ConvNormAct,
-    InstanceNorm3d,
     MaskedModalityConv,
+    Upsample,
     kaiming_init,
-    upsample,
 )
 
 __all__ = ["RFNet"]
@@ -81,6 +79,7 @@ class SepDecoder(nn.Module):
         super().__init__()
         chans = [width * 2**i for i in range(LEVELS)]
         self.up_convs = nn.ModuleList()
+        self.upsample = Upsample()
         self.merge_convs = nn.ModuleList()
         self.out_convs = nn.ModuleList()
         for level in range(LEVELS - 1, 0, -1):  # 3, 2, 1 (0-based target level 2, 1, 0)
@@ -88,12 +87,12 @@ class SepDecoder(nn.Module):
             self.up_convs.append(ConvNormAct(hi, lo))
             self.merge_convs.append(ConvNormAct(2 * lo, lo))
             self.out_convs.append(ConvNormAct(lo, lo, kernel=1))
-        self.seg = Conv3d(width, num_classes, 1)
+        self.seg = nn.Conv3d(width, num_classes, 1)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[-1]
         for i, skip in enumerate(reversed(feats[:-1])):
-            x = self.up_convs[i](upsample(x, skip.shape[2:]))
+            x = self.up_convs[i](self.upsample(x, skip.shape[2:]))
             x = self.out_convs[i](self.merge_convs[i](torch.cat((x, skip), dim=1)))
         return self.seg(x)
 
@@ -109,14 +108,14 @@ class PRMGenerator(nn.Module):
         self.first = first
         self.embed_in = MaskedModalityConv(num_modalities, ch, ch // 4)
         self.embed_rest = nn.Sequential(
-            InstanceNorm3d(ch // 4),
+            nn.InstanceNorm3d(ch // 4),
             nn.LeakyReLU(0.2, inplace=True),
             ConvNormAct(ch // 4, ch // 4, kernel=3),
             ConvNormAct(ch // 4, ch, kernel=1),
         )
         self.head = nn.Sequential(
             ConvNormAct(ch if first else 2 * ch, 16, kernel=1),
-            Conv3d(16, num_classes, 1),
+            nn.Conv3d(16, num_classes, 1),
         )
 
     def forward(
@@ -156,7 +155,7 @@ class RegionAwareFusion(nn.Module):
         )
         self.shortcut_in = MaskedModalityConv(num_modalities, ch, ch)
         self.shortcut_rest = nn.Sequential(
-            InstanceNorm3d(ch),
+            nn.InstanceNorm3d(ch),
             nn.LeakyReLU(0.2, inplace=True),
             ConvNormAct(ch, ch, kernel=3),
             ConvNormAct(ch, ch // 2, kernel=1),
@@ -204,12 +203,13 @@ class FusionDecoder(nn.Module):
         )
         self.rfm = nn.ModuleList(RegionAwareFusion(num_modalities, ch, num_classes) for ch in chans)
         # up_convs[i]: level i+1 -> i after upsampling; merge/out at levels 0..2
+        self.upsample = Upsample()
         self.up_convs = nn.ModuleList(
             ConvNormAct(chans[i + 1], chans[i]) for i in range(LEVELS - 1)
         )
         self.merge_convs = nn.ModuleList(ConvNormAct(2 * ch, ch) for ch in chans[:-1])
         self.out_convs = nn.ModuleList(ConvNormAct(ch, ch, kernel=1) for ch in chans[:-1])
-        self.seg = Conv3d(width, num_classes, 1)
+        self.seg = nn.Conv3d(width, num_classes, 1)
 
     def forward(self, feats: Features, mask: torch.Tensor) -> FusionOut:
         deep: list[torch.Tensor] = [None] * LEVELS  # type: ignore[list-item]
@@ -218,7 +218,7 @@ class FusionDecoder(nn.Module):
         # The RFM sees the region map without gradient (official: softmax(prm).detach()).
         x = self.rfm[top](feats[top], F.softmax(deep[top], 1).detach(), mask)
         for level in range(top - 1, -1, -1):
-            stream = self.up_convs[level](upsample(x, feats[level].shape[3:]))
+            stream = self.up_convs[level](self.upsample(x, feats[level].shape[3:]))
             deep[level] = self.prm[level](feats[level], mask, stream)
             fused = self.rfm[level](feats[level], F.softmax(deep[level], 1).detach(), mask)
             x = self.out_convs[level](self.merge_convs[level](torch.cat((fused, stream), dim=1)))

@@ -4,7 +4,7 @@ Both backbones run the mask-dependent part of their network on B * S rows at onc
 row ``r`` is sample ``r // S`` under its own availability mask (the teacher and the
 PASSION students of that sample). In training mode an ordinary ``nn.Dropout`` would
 give every row its own dropout mask, so a student whose mask equals the teacher's
-would still disagree with it (the official code has this behaviour, spec G
+would still disagree with it (the official code has this behaviour, docs/method.md G
 "teacher and student dropout"). Here every dropout in a row-expanded tensor draws
 one mask per *sample* and broadcasts it over that sample's S rows
 (:func:`row_dropout`): rows differ only through their availability masks.

@@ -30,7 +30,7 @@ def test_learning_curve_profiles_and_compares_the_cpu_options(tmp_path):
     assert "machine: " in out and "bf16 autocast native on this CPU: " in out
     assert "op by op" in out and "conv backward" in out
     assert "fp32, PyTorch's one-sample conv kernel" in out
-    from passion_kit.env import cpu_has_native_bf16
+    from passion_kit.engine.runtime import cpu_has_native_bf16
 
     # emulated bf16 is timed only where asked: it can be 30x slower than fp32
     for variant in ("bf16 autocast, channels-last", "bf16 autocast, PyTorch's pad"):

@@ -15,7 +15,7 @@ SMALL = {
     "mmformer": {"patch_size": 32, "width": 4, "embed_dim": 32, "mlp_dim": 64, "heads": 4},
     "m2ftrans": {"patch_size": 32, "width": 4, "mlp_dim": 64, "heads": 4},
 }
-# Downsampling factor of each deep-supervision head, finest first (spec B table).
+# Downsampling factor of each deep-supervision head, finest first (docs/method.md B table).
 DEEP_FACTORS = {"rfnet": [1, 2, 4, 8], "mmformer": [2, 4, 8, 16], "m2ftrans": [1, 2, 4, 8, 16]}
 WITH_DROPOUT = ("mmformer", "m2ftrans")
 

@@ -9,10 +9,10 @@ import torch
 from balance_helpers import BACKBONES, ToyBackbone, dominance_batch, train_backbone
 from torch import nn
 
+from passion_kit.balancing.common import comparable, relative_confidence, true_class_confidence
+from passion_kit.balancing.ogm_ge import modulate_gradients, ogm_coefficients
 from passion_kit.models import available_backbones
 from passion_kit.objectives import build_objective
-from passion_kit.objectives.common import comparable, relative_confidence, true_class_confidence
-from passion_kit.objectives.ogm_ge import modulate_gradients, ogm_coefficients
 
 
 def test_confidence_is_class_balanced():

@@ -7,6 +7,7 @@ import torch
 
 import passion_kit as pk
 from passion_kit.data.modalities import BRATS
+from passion_kit.method.baseline import Deviations
 from passion_kit.models import available_backbones
 from passion_kit.objectives import build_objective
 from tests.conftest import SMALLEST_PATCH
@@ -71,7 +72,9 @@ def test_every_mask_trains_without_nan(any_net, setting):
 
 
 def test_official_pdt_students_cover_all_modalities(net):
-    objective = build_objective("passion", num_modalities=4, num_classes=4, students="all")
+    objective = build_objective(
+        "passion", num_modalities=4, num_classes=4, deviations=Deviations(students="all")
+    )
     result = objective(_batch([BRATS.mask(9)], zero_absent=False), net)  # flair+t1c
     assert (result.per_modality["sep"] > 0).all()
     assert (result.per_modality["distance"] > 0).all()
@@ -104,10 +107,12 @@ def test_single_modality_samples_give_no_nan(any_net, batch_size):
     assert torch.isfinite(result.per_modality["preference_score"]).all()
     if batch_size == 4:  # real students exist, so some modality lags and its gate opens
         assert result.per_modality["gate"].sum() > 0
-    official = build_objective("passion", num_modalities=4, num_classes=4, skip_degenerate=False)
+    official = build_objective(
+        "passion", num_modalities=4, num_classes=4, deviations=Deviations(skip_degenerate=False)
+    )
     result = official(_batch(masks, size=_size(net)), net)
     assert torch.isfinite(result.loss)
-    assert torch.isnan(result.per_modality["preference_score"]).all()  # spec G.2 reproduced
+    assert torch.isnan(result.per_modality["preference_score"]).all()  # docs/method.md G.2 reproduced
     assert result.per_modality["gate"].sum() == 0
 
 
@@ -135,9 +140,9 @@ def test_baseline_loss_and_batch_reduction(net):
     assert mean.loss.item() == pytest.approx(
         mean.terms["fuse"] + mean.terms["deep"] + mean.terms["sep"], rel=1e-5
     )
-    summed = build_objective("baseline", num_modalities=4, num_classes=4, reduction="sum")(
-        batch, net
-    )
+    summed = build_objective(
+        "baseline", num_modalities=4, num_classes=4, deviations=Deviations(reduction="sum")
+    )(batch, net)
     assert summed.loss.item() == pytest.approx(2 * mean.loss.item(), rel=1e-5)
 
 
@@ -269,9 +274,14 @@ def test_keep_self_students_backpropagates_the_clamped_self_distillation(net):
 
     def self_student_effect(model):
         """Largest gradient change of the self-student's terms, relative to the gradient."""
-        kept, g_kept = grads(model, keep_self_students=True)
+        kept, g_kept = grads(model, deviations=Deviations(keep_self_students=True))
         # the same two-row pass without the self-student's terms
-        _, g_off = grads(model, keep_self_students=True, weight_pixel=0.0, weight_proto=0.0)
+        _, g_off = grads(
+            model,
+            deviations=Deviations(keep_self_students=True),
+            weight_pixel=0.0,
+            weight_proto=0.0,
+        )
         scale = max(float(g.abs().max()) for g in g_off)
         return kept, max(
             float((a - b).abs().max()) for a, b in zip(g_kept, g_off, strict=True)
@@ -296,20 +306,20 @@ def test_keep_self_students_backpropagates_the_clamped_self_distillation(net):
 def test_keep_self_students_changes_nothing_where_every_student_is_real(net):
     batch = _batch([[True, True, False, True]])
     off = build_objective("passion", num_modalities=4, num_classes=4)(batch, net)
-    on = build_objective("passion", num_modalities=4, num_classes=4, keep_self_students=True)(
-        batch, net
-    )
+    on = build_objective(
+        "passion", num_modalities=4, num_classes=4, deviations=Deviations(keep_self_students=True)
+    )(batch, net)
     assert on.terms == pytest.approx(off.terms, rel=1e-6)
 
 
 def test_keep_self_students_is_a_config_key():
     from passion_kit.config import ExperimentConfig
-    from passion_kit.train import build_objective_from
+    from passion_kit.engine.train import build_objective_from
 
     cfg = ExperimentConfig.preset("cpu")
-    assert build_objective_from(cfg, 4, 4).keep_self_students is False
+    assert build_objective_from(cfg, 4, 4).deviations.keep_self_students is False
     cfg = cfg.override(["objective.keep_self_students=true"])
-    assert build_objective_from(cfg, 4, 4).keep_self_students is True
+    assert build_objective_from(cfg, 4, 4).deviations.keep_self_students is True
 
 
 @pytest.mark.parametrize("warmup_decay", [False, True])
@@ -318,7 +328,11 @@ def test_warmup_decay_lets_the_optimizer_decay_the_fusion_parameters(net, warmup
 
     model = copy.deepcopy(net)
     objective = build_objective(
-        "passion", num_modalities=4, num_classes=4, warmup_epochs=1, warmup_decay=warmup_decay
+        "passion",
+        num_modalities=4,
+        num_classes=4,
+        warmup_epochs=1,
+        deviations=Deviations(warmup_decay=warmup_decay),
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     before = model.decoder.seg.weight.detach().clone()

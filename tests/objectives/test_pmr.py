@@ -8,8 +8,8 @@ import pytest
 import torch
 from balance_helpers import BACKBONES, ToyBackbone, dominance_batch, train_backbone
 
+from passion_kit.balancing.pmr import pmr_rebalance, prototype_terms
 from passion_kit.objectives import build_objective
-from passion_kit.objectives.pmr import pmr_rebalance, prototype_terms
 
 
 def _two_clusters(s: float):

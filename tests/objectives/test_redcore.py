@@ -8,8 +8,8 @@ import pytest
 import torch
 from balance_helpers import BACKBONES, ToyBackbone, dominance_batch, train_backbone
 
+from passion_kit.balancing.redcore import relative_advantage
 from passion_kit.objectives import build_objective
-from passion_kit.objectives.redcore import relative_advantage
 
 
 def test_relative_advantage_by_hand():

@@ -4,7 +4,7 @@
 slice controls and a region selector. Toggling a modality re-predicts the case with
 exactly the checked subset from a trained checkpoint and updates the overlay and the
 Dice of that subset (next to the Dice with every modality). A second tab shows the case in
-3-D (:class:`passion_kit.viewer3d.CaseView3D`, NiiVue) with the label and the same
+3-D (:class:`passion_kit.lessons.viewer3d.CaseView3D`, NiiVue) with the label and the same
 prediction as overlays; it is built when first opened. Each case is encoded once
 (:class:`CachedCase` keeps the encoder features of every sliding window); a toggle only
 runs the fusion decoder, and a subset seen before is answered from memory.
@@ -24,7 +24,7 @@ seconds, for tests.
 
 Usage (JupyterLab)::
 
-    from passion_kit.widgets import MissingModalityExplorer, explorer_run
+    from passion_kit.lessons.explorer import MissingModalityExplorer, explorer_run
     explorer = MissingModalityExplorer(explorer_run(data_root="data"), device="cpu")  # seconds
     explorer                                   # the widget
     explorer.set_modalities(["t1c", "t2"])     # the same as clicking
@@ -51,10 +51,10 @@ import torch.nn.functional as F
 
 from passion_kit.config import PLACE_KEYS, ExperimentConfig
 from passion_kit.data import PreparedDataset
-from passion_kit.evaluate import dice, load_run
+from passion_kit.engine.evaluate import dice, load_run
+from passion_kit.lessons.viewer3d import CaseView3D, niivue_missing
+from passion_kit.lessons.viz import PLANES, figure_png, plot_case, tumour_centre
 from passion_kit.models import Backbone
-from passion_kit.viewer3d import CaseView3D, niivue_missing
-from passion_kit.viz import PLANES, figure_png, plot_case, tumour_centre
 
 __all__ = [
     "AMP",
@@ -73,7 +73,7 @@ __all__ = [
 VIEW_TABS = ("2-D slices", "3-D view")  # the explorer's tabs; the 2-D one is the default
 _PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # the fixed axis of (H, W, D)
 AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-SHIPPED_EXPLORER = Path(__file__).resolve().parent / "resources" / "explorer"
+SHIPPED_EXPLORER = Path(__file__).resolve().parents[1] / "resources" / "explorer"
 # The files of a packed explorer checkpoint (see pack_explorer_checkpoint).
 _PACKED = ("checkpoint.pt", "config.json", "history_epoch.csv", "history_modality.csv")
 
@@ -138,8 +138,8 @@ def pack_explorer_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike)
     ``weights_only=True``), ``config.json`` and the two history tables. Where the run
     lives (data root, run folder, device) is left out of the packed config.
     """
+    from passion_kit.engine.runs import load_checkpoint
     from passion_kit.io import atomic_torch_save, atomic_write_text
-    from passion_kit.train import load_checkpoint
 
     run_dir, out = Path(run_dir), Path(out)
     state = load_checkpoint(run_dir / "checkpoint_last.pt")
@@ -178,8 +178,8 @@ def shipped_explorer_run(
     seconds), then writes the run folder (``checkpoint_last.pt`` in fp32, ``config.json``
     with this machine's data root, the history tables) unless it is there already.
     """
+    from passion_kit.engine.runs import ensure_data, load_checkpoint
     from passion_kit.io import atomic_torch_save, atomic_write_text
-    from passion_kit.train import _ensure_data, load_checkpoint
 
     source = Path(source)
     missing = [name for name in _PACKED if not (source / name).is_file()]
@@ -190,7 +190,7 @@ def shipped_explorer_run(
     cfg.data.root = str(Path(data_root) / cfg.data.dataset)
     cfg.train.run_dir = str(run_dir)
     cfg.train.name = "explorer_shipped"
-    _ensure_data(cfg, cfg.dataset_root())
+    ensure_data(cfg, cfg.dataset_root())
     run = Path(run_dir) / cfg.train.name
     last = run / "checkpoint_last.pt"
     if not last.exists() or json.loads((run / "config.json").read_text()) != cfg.to_dict():
@@ -218,7 +218,7 @@ def explorer_run(
     it when finished; the same as running :func:`explorer_command`); ``smoke=True``
     trains the 4-step smoke run (tests).
     """
-    from passion_kit.train import fit
+    from passion_kit.engine.train import fit
 
     if smoke or train:
         return fit(explorer_config(data_root, run_dir, smoke=smoke, device=device))
@@ -229,7 +229,7 @@ class CachedCase:
     """One case: encoder features per sliding window computed once, predictions per subset.
 
     The windows, their overlap and the averaging are MONAI's, as in
-    :func:`passion_kit.evaluate.predict_case`, so a prediction equals the evaluation's
+    :func:`passion_kit.engine.evaluate.predict_case`, so a prediction equals the evaluation's
     (in fp32; under bf16 it equals ``predict_case`` of that one mask, and the evaluation,
     which fuses 15 masks per call, may differ in a few voxels).
 

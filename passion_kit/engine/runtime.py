@@ -1,4 +1,4 @@
-"""What this machine offers the kit: versions, device, data root, registered components."""
+"""The machine a run uses: its device, precision, memory reuse and a one-line summary."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "amp_dtype",
     "cpu_has_native_bf16",
     "cpu_summary",
     "environment",
     "machine_summary",
     "reuse_freed_memory",
+    "select_device",
 ]
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
@@ -57,7 +59,6 @@ def environment(device: str = "auto", data_root: str = "") -> dict[str, str]:
 
     import passion_kit
     from passion_kit.objectives import available_objectives
-    from passion_kit.train import select_device
 
     chosen = select_device(device)
     name = torch.cuda.get_device_name(chosen) if chosen.type == "cuda" else chosen.type
@@ -150,3 +151,47 @@ def machine_summary(device: torch.device, amp: torch.dtype | None = None) -> str
         return cpu_summary(amp)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return f"{name}; {_precision(amp)}"
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda, then mps, then cpu. An explicit request that cannot be met is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"train.device must be auto, cpu, cuda, cuda:N or mps, got {name!r}"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device='cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    count = torch.cuda.device_count()
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise ValueError(f"train.device={name!r} but only {torch.cuda.device_count()} GPU(s) exist")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("train.device='mps' but MPS is not available; use 'auto' or 'cpu'")
+    return device
+
+
+def amp_dtype(setting: str, device: torch.device, key: str = "train.amp") -> torch.dtype | None:
+    """The autocast dtype of an amp setting (``train.amp``, ``eval.amp``) on ``device``.
+
+    ``off``: None (fp32). ``auto``: bf16 on CUDA where supported, else fp16; fp32 elsewhere.
+    ``fast``: as ``auto``, and bf16 on a CPU that computes bf16 in hardware.
+    ``bf16`` / ``fp16``: that dtype (fp16 only on CUDA).
+    """
+    if setting not in ("auto", "fast", "off", "bf16", "fp16"):
+        raise ValueError(f"{key} must be auto, fast, off, bf16 or fp16, got {setting!r}")
+    if setting == "fast" and device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    if setting == "off" or (setting in ("auto", "fast") and device.type != "cuda"):
+        return None
+    if setting in ("auto", "fast"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if setting == "fp16" and device.type != "cuda":
+        raise ValueError(f"{key}='fp16' needs a CUDA device; use 'bf16' on CPU")
+    return torch.bfloat16 if setting == "bf16" else torch.float16

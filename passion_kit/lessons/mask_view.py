@@ -22,7 +22,7 @@ Two questions, each answered on real tensors (notebooks 02 and 03):
 Usage (CPU, seconds)::
 
     from passion_kit import build_backbone
-    from passion_kit.mask_view import m2ftrans_fusion_attention
+    from passion_kit.lessons.mask_view import m2ftrans_fusion_attention
     net = build_backbone("m2ftrans", patch_size=32).eval()
     feats = net.encode(torch.randn(1, 4, 32, 32, 32))
     share = m2ftrans_fusion_attention(net, feats, torch.tensor([[False, True, True, True]]))
@@ -42,8 +42,8 @@ import torch
 
 from passion_kit.data.modalities import ModalitySet
 from passion_kit.data.splits import MissingRateSplit
+from passion_kit.lessons.viz import PlotFigure, finish_figure, modality_colors
 from passion_kit.models.base import Backbone, FusionOut
-from passion_kit.viz import PlotFigure, _finish, modality_colors
 
 __all__ = [
     "attention_by_modality",
@@ -124,7 +124,7 @@ def plot_split_weights(
     right.set_ylabel("n_m / N (share of cases with m)")
     right.set_title("availability and omega_m = N / n_m", fontsize=9)
     fig.suptitle(title or f"{len(split)} training cases", fontsize=10)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def _collect(module: torch.nn.Module, store: list, *, inputs: bool = False):
@@ -334,7 +334,7 @@ def plot_weight_tables(
     fig.colorbar(image, ax=list(axes), shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_region_maps(
@@ -368,7 +368,7 @@ def plot_region_maps(
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def trained_run(
@@ -379,12 +379,12 @@ def trained_run(
 ) -> Path:
     """The main job's finished run ``name`` if there is one, else the shipped explorer run.
 
-    The shipped run (:func:`passion_kit.widgets.explorer_run`, the same configuration as
+    The shipped run (:func:`passion_kit.lessons.explorer.explorer_run`, the same configuration as
     the main job's PASSION RFNet run of seed 0) is unpacked under ``run_dir``, and its
     phantom generated under ``data_root`` where absent; nothing is trained.
     """
-    from passion_kit.train import RunFiles
-    from passion_kit.widgets import explorer_run
+    from passion_kit.engine.runs import RunFiles
+    from passion_kit.lessons.explorer import explorer_run
 
     run = Path(main_job) / "runs" / name
     return run if RunFiles(run).complete() else explorer_run(data_root, run_dir)

@@ -1,16 +1,16 @@
-"""PASSION's losses (spec C), each returning one value per sample, shape (B,).
+"""PASSION's losses (docs/method.md C), each returning one value per sample, shape (B,).
 
 Conventions shared by all functions:
 
 - ``probs`` are probabilities (softmax already applied), ``*_logits`` are logits.
 - ``target_onehot`` is a float or bool one-hot tensor (B, K, *spatial).
 - Reductions over the batch are left to the caller (PASSION averages by default;
-  the official code sums, spec G.6).
+  the official code sums, docs/method.md G.6).
 - ``size`` upsamples predictions to the target grid first (trilinear,
   ``align_corners=True``), as the official deep supervision does with its probabilities.
 
 The clamps (0.005 for the log), epsilons (1e-7 Dice, 1e-5 prototypes) and the
-"mean over classes and voxels" of the KL are the official code's (spec C.1-C.5).
+"mean over classes and voxels" of the KL are the official code's (docs/method.md C.1-C.5).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from passion_kit.models.blocks import upsample
+from passion_kit.fast.kernels import upsample  # TEMP bit-identity check
 
 __all__ = [
     "weighted_cross_entropy",
@@ -49,7 +49,7 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> Non
 
 
 def weighted_cross_entropy(probs: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
-    """Class-weighted cross-entropy on probabilities (spec C.1).
+    """Class-weighted cross-entropy on probabilities (docs/method.md C.1).
 
     ``w_c = 1 - |{v: y_c(v) = 1}| / |V|`` per sample, and
     ``L = mean_v sum_c -w_c y_c(v) log(clamp(p_c(v), 0.005, 1))``.
@@ -68,7 +68,7 @@ def weighted_cross_entropy(probs: torch.Tensor, target_onehot: torch.Tensor) -> 
 
 
 def soft_dice_loss(probs: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
-    """Soft Dice over all K classes, background included (spec C.2).
+    """Soft Dice over all K classes, background included (docs/method.md C.2).
 
     ``L = 1 - (1/K) sum_c 2 sum_v p_c y_c / (sum_v p_c + sum_v y_c + 1e-7)``.
 
@@ -84,7 +84,7 @@ def soft_dice_loss(probs: torch.Tensor, target_onehot: torch.Tensor) -> torch.Te
 
 
 def segmentation_loss(probs: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
-    """``weighted_cross_entropy + soft_dice_loss`` (the fused and unimodal terms, spec C.3)."""
+    """``weighted_cross_entropy + soft_dice_loss`` (the fused and unimodal terms, docs/method.md C.3)."""
     return weighted_cross_entropy(probs, target_onehot) + soft_dice_loss(probs, target_onehot)
 
 
@@ -96,7 +96,7 @@ def deep_supervision_weights(levels: int) -> list[float]:
 def deep_supervision_loss(
     deep_logits: Sequence[torch.Tensor], target_onehot: torch.Tensor
 ) -> torch.Tensor:
-    """``sum_l 2^-l [wCE + Dice](Up(softmax(Q_l)))`` over the backbone's levels (spec C.3).
+    """``sum_l 2^-l [wCE + Dice](Up(softmax(Q_l)))`` over the backbone's levels (docs/method.md C.3).
 
     Args:
         deep_logits: logits per level, finest first, at their native resolution.
@@ -136,7 +136,7 @@ def temperature_kl(
     *,
     size: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Temperature-scaled KL(teacher || student), pixel-wise self-distillation (spec C.4).
+    """Temperature-scaled KL(teacher || student), pixel-wise self-distillation (docs/method.md C.4).
 
     ``T^2 mean_{c,v} p_t (log p_t - log p_s)`` with ``p = clamp(Up(softmax(z / T)), 0.005, 1)``:
     clamped after upsampling and not renormalised, and averaged over classes *and*
@@ -171,7 +171,7 @@ def pixel_distillation(
     teacher_deep: Sequence[torch.Tensor],
     temperature: float,
 ) -> torch.Tensor:
-    """``L_pix = KL_T(P^m <- P) + sum_l 2^-l KL_T(Up(Q_l^m) <- Up(Q_l))`` (spec C.4).
+    """``L_pix = KL_T(P^m <- P) + sum_l 2^-l KL_T(Up(Q_l^m) <- Up(Q_l))`` (docs/method.md C.4).
 
     The teacher may have one row per sample for S student rows (see :func:`temperature_kl`).
 
@@ -191,7 +191,7 @@ def prototype_distillation(
     teacher_features: torch.Tensor,
     target_onehot: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Semantic-wise self-distillation with class prototypes (spec C.5).
+    """Semantic-wise self-distillation with class prototypes (docs/method.md C.5).
 
     For each class k present in *every* sample of the batch (the official class set),
     prototypes ``mu_k = sum_v f(v) y_k(v) / (sum_v y_k(v) + 1e-5)`` and similarity maps

@@ -5,17 +5,17 @@ pyplot, so nothing piles up in a loop; Jupyter shows the returned figure) and sa
 a PNG when given ``path``. Regions have one colour everywhere (:data:`REGION_COLORS`:
 WT green, TC blue, ET vermillion, from the Okabe-Ito palette) and modalities keep one
 colour per channel across plots. Everything is read from the run directory's files
-(DESIGN.md), so a run trained on a GPU elsewhere can be plotted on a laptop.
+(``engine/train.py`` lists them), so a run trained on a GPU elsewhere can be plotted on a laptop.
 
 Usage::
 
-    from passion_kit import viz
+    from passion_kit.lessons import viz
     viz.plot_preference({"baseline": "runs/base", "PASSION": "runs/passion"})
     viz.plot_dice_heatmap({"baseline": "runs/base", "PASSION": "runs/passion"})
     viz.plot_availability(load_split("data/phantom", "mr2468"))
     viz.save_run_figures("runs/phantom_rfnet_passion_idt_s1037")  # -> <run>/figures/*.png
 
-    python -c "from passion_kit.viz import save_run_figures; save_run_figures('runs/x')"
+    python -c "from passion_kit.lessons.viz import save_run_figures; save_run_figures('runs/x')"
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ __all__ = [
     "PREFERENCE_METRICS",
     "REGION_COLORS",
     "figure_png",
+    "finish_figure",
     "modality_colors",
     "plane_slice",
     "plot_availability",
@@ -92,7 +93,8 @@ class PlotFigure(Figure):
         return figure_png(self, dpi=100)
 
 
-def _finish(fig: PlotFigure, path: str | os.PathLike | None, dpi: int = 110) -> PlotFigure:
+def finish_figure(fig: PlotFigure, path: str | os.PathLike | None, dpi: int = 110) -> PlotFigure:
+    """Save ``fig`` to ``path`` (if given) and close it for the notebook; returns it."""
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +232,7 @@ def plot_case(
     )
     if title:
         fig.suptitle(title, fontsize=10)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 # --- training dynamics --------------------------------------------------------------------
@@ -348,7 +350,7 @@ def plot_preference(
                 ax.set_xlabel("epoch")
     handles = [Patch(color=colors[n], label=n) for n in names]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(names), frameon=False)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 # --- evaluation tables --------------------------------------------------------------------
@@ -426,7 +428,7 @@ def plot_dice_heatmap(
             tick.set_color(region_colors(regions)[region])
         if table.index[-1] == "mean":
             ax.axhline(rows - 1, color="white", lw=2)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_availability(
@@ -465,7 +467,7 @@ def plot_availability(
     right.set_xlabel("modalities available in a case")
     right.set_ylabel("cases")
     fig.suptitle(title or f"availability of {len(split)} training cases", fontsize=10)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 # --- everything of one run ----------------------------------------------------------------
@@ -485,7 +487,7 @@ def save_run_figures(
       this runs the model: seconds on CPU for a phantom, a minute for a BraTS volume).
 
     Args:
-        run_dir: a run directory written by :func:`passion_kit.train.fit`.
+        run_dir: a run directory written by :func:`passion_kit.engine.train.fit`.
         data_root: the prepared dataset (default: the one in the run's config).
         case: also draw a predicted test case.
         device: where the model runs for the case figure.
@@ -521,7 +523,7 @@ def save_run_figures(
     if case and (run / "checkpoint_last.pt").is_file():
         import torch
 
-        from passion_kit.evaluate import load_run, predict_case
+        from passion_kit.engine.evaluate import load_run, predict_case
 
         loaded = load_run(run, data_root=root, device=device)
         sample = PreparedDataset(root, cfg.data.test_split, setting="full")[0]

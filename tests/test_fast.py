@@ -1,5 +1,7 @@
-"""The fast convolutions (reflect padding, 1x1x1 as matrix products, channels-last),
-trilinear upsampling and instance norm equal the native ops."""
+"""The kernels of passion_kit.fast (reflect padding, 1x1x1 as matrix products,
+channels-last, depth halves, trilinear upsampling, split instance norm) equal the plain
+PyTorch ops, values and gradients; speed_up swaps them into a model and changes nothing
+else."""
 
 from __future__ import annotations
 
@@ -8,14 +10,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from passion_kit.models.blocks import (
+from passion_kit import build_backbone
+from passion_kit.fast import plain, speed_up
+from passion_kit.fast.kernels import (
     CPU_CHANNELS_LAST_MAX,
-    Conv3d,
-    InstanceNorm3d,
+    FastUpsample,
     _pointwise,
+    _slow_single_sample,
     _SplitInstanceNorm,
     upsample,
 )
+from passion_kit.fast.kernels import (
+    FastConv3d as Conv3d,
+)
+from passion_kit.fast.kernels import (
+    FastInstanceNorm3d as InstanceNorm3d,
+)
+from passion_kit.models.blocks import Upsample
 
 
 @pytest.mark.parametrize(
@@ -156,7 +167,6 @@ def test_one_sample_conv_runs_as_two_depth_halves_equal_to_the_native_one(
 
 
 def test_one_sample_conv_keeps_the_native_path_where_pytorch_takes_onednn():
-    from passion_kit.models.blocks import _slow_single_sample
 
     conv = Conv3d(8, 8, 3, padding=1)
     assert _slow_single_sample(conv, torch.randn(1, 8, 32, 32, 32), conv.padding)
@@ -239,3 +249,31 @@ def test_pointwise_conv_refuses_a_second_derivative():
     (g,) = torch.autograd.grad(conv(x).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
         g.sum().backward()
+
+
+@pytest.mark.parametrize("name", ["rfnet", "mmformer", "m2ftrans"])
+def test_speed_up_swaps_every_plain_module_and_the_model_computes_the_same(name):
+    torch.manual_seed(0)
+    net = build_backbone(name, patch_size=16).eval()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(1, 4, 16, 16, 16)
+    mask = torch.tensor([[True, False, True, True]])
+    with torch.no_grad():
+        expected = net.fuse(net.encode(x), mask).logits
+    assert speed_up(net) is net
+    kinds = {type(m) for m in net.modules()}
+    assert not kinds & {nn.Conv3d, nn.InstanceNorm3d, Upsample}  # every one swapped
+    assert Conv3d in kinds and FastUpsample in kinds
+    assert list(net.state_dict()) == list(state)  # checkpoints unchanged
+    with torch.no_grad():
+        got = net.fuse(net.encode(x), mask).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    plain(net)
+    assert Conv3d not in {type(m) for m in net.modules()}
+
+
+def test_plain_upsample_is_trilinear_interpolation_with_aligned_corners():
+    x = torch.randn(1, 2, 3, 4, 5, dtype=torch.float64)
+    expected = F.interpolate(x, size=(6, 8, 10), mode="trilinear", align_corners=True)
+    torch.testing.assert_close(Upsample()(x, (6, 8, 10)), expected, rtol=0, atol=0)
+    torch.testing.assert_close(FastUpsample()(x, (6, 8, 10)), expected, rtol=0, atol=1e-12)

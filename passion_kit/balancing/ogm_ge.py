@@ -8,7 +8,7 @@ added to every modality's encoder gradient (official code, ``main.py``):
 ``k_m = 1 - tanh(alpha * rho_m)`` if ``rho_m > 1`` else 1, and
 ``g <- k_m g + N(0, std(g) + 1e-8)`` for each weight tensor of encoder m.
 
-The loss itself is the baseline's (spec D.4); OGM-GE only acts on gradients, so the
+The loss itself is the baseline's (docs/method.md D.4); OGM-GE only acts on gradients, so the
 trainer must call :meth:`OGMGEObjective.after_backward` between ``loss.backward()`` and
 ``optimizer.step()`` (and before any gradient clipping)::
 
@@ -27,15 +27,15 @@ Adaptation to 3-D segmentation with missing modalities (each a decision of this 
   already runs for the sep loss).
 - **Confidence.** The official score is the softmax probability of the label summed
   over the batch. Per sample it becomes the class-balanced mean probability of the true
-  class over the voxels (:func:`~passion_kit.objectives.common.true_class_confidence`):
+  class over the voxels (:func:`~passion_kit.balancing.common.true_class_confidence`):
   background would otherwise decide it alone.
 - **Ratio.** With M modalities, ``rho_m`` compares modality m with the mean of the
   *other modalities of the same samples*
-  (:func:`~passion_kit.objectives.common.relative_confidence`); for two always-present
+  (:func:`~passion_kit.balancing.common.relative_confidence`); for two always-present
   modalities it is the official ``score_v / score_a``. Only samples with at least two
   available modalities are compared: a single-modality fusion has no imbalance.
 - **Which parameters.** Every weight tensor (``dim >= 2``) of the modality's own
-  parameters (:func:`~passion_kit.objectives.common.modality_parameters`: its encoder);
+  parameters (:func:`~passion_kit.balancing.common.modality_parameters`: its encoder);
   biases are left alone, as the official code modulates conv weights only. Shared parts
   (fusion and unimodal decoders) are never modulated.
 - **Missing modalities.** A modality absent from every sample of the batch has no loss
@@ -59,16 +59,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from passion_kit.models.base import Backbone
-from passion_kit.objectives.base import StepResult
-from passion_kit.objectives.common import (
+from passion_kit.balancing.common import (
     BalancingObjective,
     StepInputs,
     comparable,
     modality_parameters,
-    student_masks,
-    true_class_confidence,
 )
+from passion_kit.method.base import StepResult
+from passion_kit.method.students import student_masks, true_class_confidence
+from passion_kit.models.base import Backbone
 
 __all__ = ["OGMGEObjective", "ogm_coefficients", "modulate_gradients"]
 
@@ -139,7 +138,7 @@ class OGMGEObjective(BalancingObjective):
 
     Args:
         num_modalities, num_classes, weight_sep, students, reduction: as the baseline
-            (:class:`~passion_kit.objectives.common.BalancingObjective`).
+            (:class:`~passion_kit.balancing.common.BalancingObjective`).
         alpha: modulation strength (the official README: 0.1 for VGGSound, 0.8 for CREMA-D;
             default 0.1, its "default modulation setting").
         noise: add the Gaussian noise (OGM-GE, default) or not (plain OGM).

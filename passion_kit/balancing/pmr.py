@@ -28,11 +28,11 @@ Adaptation to 3-D segmentation with missing modalities (each a decision of this 
   (PMR's prototypes are constants). Classes: those present in every sample of the batch
   (the official class set of the prototype losses; background is always one).
 - **Confidence, PCE and entropy** are class-balanced voxel means (each class present
-  counts equally, see :func:`~passion_kit.objectives.common.true_class_confidence`);
+  counts equally, see :func:`~passion_kit.balancing.common.true_class_confidence`);
   the official function averages over all voxels, i.e. mostly background. The log uses
   the official 0.005 clamp.
 - **Ratio.** rho compares a modality with the other modalities of the same samples
-  (:func:`~passion_kit.objectives.common.relative_confidence`); only samples with at
+  (:func:`~passion_kit.balancing.common.relative_confidence`); only samples with at
   least two modalities take part (one-modality fusions have no imbalance), and only
   their students are run.
 - **Missing modalities** get no student, no PCE or entropy, and coefficient 1.
@@ -51,14 +51,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from passion_kit.losses import PROB_CLAMP
-from passion_kit.models.base import Backbone
-from passion_kit.objectives.base import StepResult
-from passion_kit.objectives.common import (
+from passion_kit.balancing.common import (
     BalancingObjective,
     comparable,
-    student_masks,
 )
+from passion_kit.method.base import StepResult, reduce_batch
+from passion_kit.method.losses import PROB_CLAMP
+from passion_kit.method.students import student_masks
+from passion_kit.models.base import Backbone
 
 __all__ = ["PMRObjective", "prototype_terms", "pmr_rebalance"]
 
@@ -138,7 +138,7 @@ class PMRObjective(BalancingObjective):
 
     Args:
         num_modalities, num_classes, weight_sep, students, reduction: as the baseline
-            (:class:`~passion_kit.objectives.common.BalancingObjective`).
+            (:class:`~passion_kit.balancing.common.BalancingObjective`).
         alpha: PCE weight (1.0, the PMR script's default).
         mu: entropy (PER) weight (0.1; the kit's choice, not a published value).
         entropy_epochs: the "early training stage" with the entropy term (10; the kit's
@@ -209,15 +209,15 @@ class PMRObjective(BalancingObjective):
             pce_w, ent_w = self.alpha * stimulate, self.mu * suppress
             # Weighted contributions: L = fuse + deep + weight_sep sep + pce - entropy;
             # the minus makes PER *maximise* the dominant modality's prototype entropy.
-            terms["pce"] = (pce_w * self._reduce(pce)).sum()
-            terms["entropy"] = (ent_w * self._reduce(ent)).sum()
+            terms["pce"] = (pce_w * reduce_batch(pce, self.reduction)).sum()
+            terms["entropy"] = (ent_w * reduce_batch(ent, self.reduction)).sum()
             loss = loss + terms["pce"] - terms["entropy"]
             coefficient = (1 + stimulate - suppress).cpu()
             self.state.add("pce_weight", pce_w, valid.float())
             self.state.add("entropy_weight", ent_w, valid.float())
             per_mod.update(
-                pce=self._reduce(pce),
-                entropy=self._reduce(ent),
+                pce=reduce_batch(pce, self.reduction),
+                entropy=reduce_batch(ent, self.reduction),
                 confidence=mean_conf,
                 ratio=ratio,
                 pce_weight=pce_w,

@@ -1,6 +1,6 @@
 """What the modality-balancing objectives (OGM-GE, PMR, RedCore) share.
 
-Every balancing objective trains the baseline's terms (spec D.4: fused segmentation,
+Every balancing objective trains the baseline's terms (docs/method.md D.4: fused segmentation,
 deep supervision, unimodal "sep" losses) and adds its own balancing on top. This module
 holds the parts they have in common:
 
@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from passion_kit.losses import deep_supervision_loss, segmentation_loss
+from passion_kit.method.base import StepResult, check_batch, one_hot, reduce_batch, teacher_terms
+from passion_kit.method.students import separate_outputs
 from passion_kit.models.base import Backbone, FusionOut
-from passion_kit.objectives.base import StepResult, check_batch, one_hot
 
 __all__ = [
     "BalanceState",
@@ -39,37 +38,7 @@ __all__ = [
     "comparable",
     "modality_parameters",
     "relative_confidence",
-    "separate_outputs",
-    "student_masks",
-    "true_class_confidence",
 ]
-
-
-def true_class_confidence(probs: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
-    """Class-balanced probability of the true class, one value per row.
-
-    ``mean_{k present} mean_{v in class k} p_k(v)``. The plain voxel mean would measure
-    the background alone (about 98% of a BraTS patch), so each class present in the
-    sample counts equally, like a balanced accuracy.
-
-    Args:
-        probs: (R, K, *sp) probabilities; R may be B * S (row r is sample r // S).
-        target_onehot: (B, K, *sp) one-hot target.
-
-    Returns:
-        (R,) detached confidences in [0, 1].
-    """
-    y = target_onehot.to(probs.dtype).flatten(2)
-    if probs.shape[0] % y.shape[0] or probs.shape[1:] != target_onehot.shape[1:]:
-        raise ValueError(
-            f"probs {tuple(probs.shape)} must match target_onehot "
-            f"{tuple(target_onehot.shape)}, with a multiple of its batch size"
-        )
-    y = y.repeat_interleave(probs.shape[0] // y.shape[0], 0)
-    count = y.sum(-1)  # (R, K)
-    per_class = (probs.detach().flatten(2) * y).sum(-1) / count.clamp_min(1.0)
-    present = (count > 0).to(probs.dtype)
-    return (per_class * present).sum(1) / present.sum(1)
 
 
 def comparable(available: torch.Tensor) -> torch.Tensor:
@@ -119,40 +88,6 @@ def relative_confidence(
     valid = (count > 0) & (den > 0)
     ratio = torch.where(valid, num / den.clamp_min(1e-12), torch.ones_like(num))
     return ratio, valid
-
-
-def student_masks(mask: torch.Tensor, mods: list[int], *, teacher: bool) -> torch.Tensor:
-    """Fuse rows per sample: its own mask first if ``teacher``, then ``e_m`` for m in mods.
-
-    Returns:
-        (B * S, M) bool with S = len(mods) + teacher; row r belongs to sample r // S.
-    """
-    b, m = mask.shape
-    eye = torch.eye(m, dtype=torch.bool, device=mask.device)
-    rows = [mask.unsqueeze(1)] if teacher else []
-    rows.append(eye[mods].unsqueeze(0).expand(b, -1, -1))
-    return torch.cat(rows, 1).reshape(-1, m)
-
-
-def separate_outputs(
-    backbone: Backbone, feats: list[torch.Tensor], available: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unimodal ("sep") decoder losses and confidences of every available modality.
-
-    Returns:
-        ``(loss, confidence)``, each (B, M) and 0 where ``available`` is False; the loss
-        carries gradient, the confidence (:func:`true_class_confidence`) does not.
-    """
-    b, m = available.shape
-    mods = [int(i) for i in torch.nonzero(available.any(0)).flatten()]
-    level_feats = [f[:, mods].flatten(0, 1) for f in feats]  # (B * |mods|, C_l, *sp)
-    probs = F.softmax(backbone.separate(level_feats).float(), 1)
-    losses = segmentation_loss(probs, y.repeat_interleave(len(mods), 0)).view(b, len(mods))
-    loss, conf = y.new_zeros(b, m), y.new_zeros(b, m)
-    loss[:, mods] = losses
-    conf[:, mods] = true_class_confidence(probs, y).view(b, len(mods))
-    af = available.to(y.dtype)
-    return loss * af, conf * af
 
 
 def modality_parameters(backbone: nn.Module, modality: int) -> Iterator[nn.Parameter]:
@@ -329,10 +264,6 @@ class BalancingObjective:
         """Close the epoch; returns its per-modality record (means over the epoch)."""
         return self.state.close_epoch()
 
-    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """Reduce over the batch (dim 0)."""
-        return x.mean(0) if self.reduction == "mean" else x.sum(0)
-
     def _begin(self, batch: dict, backbone: Backbone) -> StepInputs:
         """Check the batch, encode every modality once, run the unimodal decoder."""
         self.state.steps += 1
@@ -344,13 +275,6 @@ class BalancingObjective:
         available = mask if self.students == "available" else torch.ones_like(mask)
         sep_loss, sep_conf = separate_outputs(backbone, feats, available, y)
         return StepInputs(feats, y, mask, available, sep_loss, sep_conf)
-
-    def _teacher_terms(self, teacher: FusionOut, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``L_fuse`` and ``L_ds`` of the multimodal (teacher) pass, reduced over the batch."""
-        return {
-            "fuse": self._reduce(segmentation_loss(F.softmax(teacher.logits.float(), 1), y)),
-            "deep": self._reduce(deep_supervision_loss([d.float() for d in teacher.deep], y)),
-        }
 
     def _balances(self, compared: torch.Tensor) -> bool:
         """Whether this step measures the modalities' balance: inside the window, with a
@@ -384,8 +308,8 @@ class BalancingObjective:
             ``(loss, terms, sep)``: ``terms`` holds fuse, deep and the unweighted sep sum;
             ``sep`` is the (M,) per-modality unimodal loss, reduced over the batch.
         """
-        terms = self._teacher_terms(teacher, step.y)
-        sep = self._reduce(step.sep_loss)
+        terms = teacher_terms(teacher, step.y, self.reduction)
+        sep = reduce_batch(step.sep_loss, self.reduction)
         terms["sep"] = sep.sum()
         weighted = terms["sep"] if sep_weights is None else (sep_weights.to(sep.device) * sep).sum()
         return terms["fuse"] + terms["deep"] + self.weight_sep * weighted, terms, sep

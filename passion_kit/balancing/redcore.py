@@ -7,8 +7,8 @@ weight lowered, a lagging one has it raised (official ``redcore_mmin_model.py``)
 ``ra_m = (mean_j L_j - L_m) / mean_j L_j``,
 ``beta <- b / ||b||`` with ``b = max(beta - eta ra, 0.1)``, and eta grown by 1.5 over time.
 
-PASSION's gradient-wise beta update was taken from this code (spec F), so here RedCore
-drives the same machinery (:func:`~passion_kit.preference.update_beta`) with RedCore's
+PASSION's gradient-wise beta update was taken from this code (docs/method.md F), so here RedCore
+drives the same machinery (:func:`~passion_kit.method.preference.update_beta`) with RedCore's
 signal instead of PASSION's distance:
 
 ``L = L_fuse + L_ds + sum_m beta_m L_sep^m``.
@@ -44,10 +44,10 @@ from typing import Literal
 
 import torch
 
+from passion_kit.balancing.common import BalanceState, BalancingObjective
+from passion_kit.method.base import StepResult
+from passion_kit.method.preference import epoch_relative_preference, eta_for_epoch, update_beta
 from passion_kit.models.base import Backbone
-from passion_kit.objectives.base import StepResult
-from passion_kit.objectives.common import BalanceState, BalancingObjective
-from passion_kit.preference import epoch_relative_preference, eta_for_epoch, update_beta
 
 __all__ = ["RedCoreObjective", "RedCoreState", "relative_advantage"]
 
@@ -67,7 +67,7 @@ def relative_advantage(mean_loss: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class RedCoreState(BalanceState):
-    """:class:`~passion_kit.objectives.common.BalanceState` plus the weights beta."""
+    """:class:`~passion_kit.balancing.common.BalanceState` plus the weights beta."""
 
     coefficient: torch.Tensor = field(default=None)  # type: ignore[assignment]
 
@@ -81,7 +81,7 @@ class RedCoreObjective(BalancingObjective):
 
     Args:
         num_modalities, num_classes, weight_sep, students, reduction: as the baseline
-            (:class:`~passion_kit.objectives.common.BalancingObjective`).
+            (:class:`~passion_kit.balancing.common.BalancingObjective`).
         eta, eta_factor, eta_every: step size schedule (0.01, x1.5 at epochs 0, 100, ...).
         beta_range: the clamp of beta before renormalisation ((0.1, 4.0)).
     """

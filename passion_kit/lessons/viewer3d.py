@@ -14,7 +14,7 @@ Usage (JupyterLab)::
 
     from passion_kit.data.phantom import generate_case
     from passion_kit.data.description import PHANTOM
-    from passion_kit.viewer3d import CaseView3D
+    from passion_kit.lessons.viewer3d import CaseView3D
 
     image, label = generate_case(0, size=48)
     view = CaseView3D(image[0], label, regions=PHANTOM.regions, name="flair")
@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from passion_kit.viz import region_colors, tumour_centre
+from passion_kit.lessons.viz import region_colors, tumour_centre
 
 __all__ = [
     "HERO_FRACTION",
@@ -85,7 +85,7 @@ def nifti_bytes(volume: np.ndarray, *, spacing: Sequence[float] = (1.0, 1.0, 1.0
     """A gzipped NIfTI-1 file of ``volume`` (H, W, D), in memory.
 
     Integer volumes (labels) are stored as uint8, others as float32; the affine is the
-    diagonal of ``spacing`` (the prepared cases are resampled to 1 mm, spec A.4).
+    diagonal of ``spacing`` (the prepared cases are resampled to 1 mm, docs/method.md A.4).
     """
     import nibabel as nib
 
@@ -106,7 +106,7 @@ def class_colors(regions: Mapping[str, Sequence[int]]) -> dict[int, str]:
 
     With the BraTS regions (WT = {1, 2, 3}, TC = {1, 3}, ET = {3}): edema (2) gets the WT
     colour, necrosis (1) the TC colour, enhancing tumour (3) the ET colour, as the 2-D
-    overlay of :func:`passion_kit.viz.plot_case` draws them.
+    overlay of :func:`passion_kit.lessons.viz.plot_case` draws them.
     """
     colours = region_colors(list(regions))
     classes = sorted({int(c) for ids in regions.values() for c in ids})

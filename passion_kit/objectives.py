@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from passion_kit.objectives.base import StepResult
-from passion_kit.objectives.ogm_ge import OGMGEObjective
-from passion_kit.objectives.passion import BaselineObjective, PassionObjective
-from passion_kit.objectives.pmr import PMRObjective
-from passion_kit.objectives.redcore import RedCoreObjective
+from passion_kit.balancing.ogm_ge import OGMGEObjective
+from passion_kit.balancing.pmr import PMRObjective
+from passion_kit.balancing.redcore import RedCoreObjective
+from passion_kit.method.base import StepResult
+from passion_kit.method.passion import BaselineObjective, PassionObjective
 
 __all__ = [
     "BaselineObjective",

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-__all__ = ["StepResult", "one_hot", "check_batch"]
+from passion_kit.method.losses import deep_supervision_loss, segmentation_loss
+from passion_kit.models.base import FusionOut
+
+__all__ = ["StepResult", "one_hot", "check_batch", "reduce_batch", "teacher_terms"]
 
 
 @dataclass
@@ -66,3 +69,22 @@ def check_batch(
     if not bool(mask.any(1).all()):
         raise ValueError("batch['mask'] has a sample with no available modality")
     return image, label, mask
+
+
+def reduce_batch(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce a per-sample loss over the batch (dim 0): ``"mean"``, or ``"sum"`` as the
+    official code does (its effective learning rate grows with the batch size,
+    docs/method.md G.6)."""
+    return x.mean(0) if reduction == "mean" else x.sum(0)
+
+
+def teacher_terms(teacher: FusionOut, y: torch.Tensor, reduction: str) -> dict[str, torch.Tensor]:
+    """``L_fuse`` and ``L_ds`` of the multi-modal (teacher) rows, reduced over the batch
+    (docs/method.md C.3): weighted CE + Dice of the fused prediction, and the same on
+    each deep level's upsampled prediction with weights 1/2, 1/4, ..."""
+    return {
+        "fuse": reduce_batch(segmentation_loss(F.softmax(teacher.logits.float(), 1), y), reduction),
+        "deep": reduce_batch(
+            deep_supervision_loss([d.float() for d in teacher.deep], y), reduction
+        ),
+    }

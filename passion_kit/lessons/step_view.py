@@ -1,19 +1,19 @@
 """One PASSION step on one case, piece by piece: the numbers and pictures of notebook 04.
 
-Each function computes one piece of the objective for a batch (spec C.4, C.5, D.2-D.3)
-and returns tensors, or draws them and returns a :class:`~passion_kit.viz.PlotFigure`.
+Each function computes one piece of the objective for a batch (docs/method.md C.4, C.5, D.2-D.3)
+and returns tensors, or draws them and returns a :class:`~passion_kit.lessons.viz.PlotFigure`.
 The pieces are the objective's own numbers:
 
-- :func:`kl_map` is the per-voxel form of :func:`~passion_kit.losses.temperature_kl`
+- :func:`kl_map` is the per-voxel form of :func:`~passion_kit.method.losses.temperature_kl`
   (its mean over the voxels is that loss, the ``T^2`` factor included);
 - :func:`class_prototypes`, :func:`similarity_maps` and :func:`prototype_distance`
-  compute the distance D of :func:`~passion_kit.losses.prototype_distillation`;
+  compute the distance D of :func:`~passion_kit.method.losses.prototype_distillation`;
 - :func:`sample_relative_preference` is ``RP_n^m = 1 - D_n^m / Dbar_n``, whose sum
-  ``-sum_n a_nm RP_nm`` is :func:`~passion_kit.preference.iteration_preference`.
+  ``-sum_n a_nm RP_nm`` is :func:`~passion_kit.method.preference.iteration_preference`.
 
 Usage (CPU, seconds)::
 
-    from passion_kit import step_view as sv
+    from passion_kit.lessons import step_view as sv
     loaded, history = sv.passion_run("outputs/reproduce/runs", "data")  # or the shipped one
     batch = sv.case_batch(loaded.root, 0, "flair+t1c+t1")
     step = sv.step_pieces(loaded.backbone, batch)
@@ -33,14 +33,14 @@ import torch.nn.functional as F
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
+from passion_kit.balancing.common import student_masks
 from passion_kit.config import ExperimentConfig
 from passion_kit.data import PreparedDataset
-from passion_kit.evaluate import LoadedRun, load_run
-from passion_kit.losses import PROB_CLAMP
+from passion_kit.engine.evaluate import LoadedRun, load_run
+from passion_kit.lessons.viz import PlotFigure, finish_figure, modality_colors, tumour_centre
+from passion_kit.method.losses import PROB_CLAMP
 from passion_kit.models import Backbone
 from passion_kit.models.base import FusionOut
-from passion_kit.objectives.common import student_masks
-from passion_kit.viz import PlotFigure, _finish, modality_colors, tumour_centre
 
 __all__ = [
     "CLASS_COLORS",
@@ -63,7 +63,7 @@ __all__ = [
 # Classes 1..K-1 (background is not drawn): NCR/NET blue, edema green, enhancing vermillion,
 # the colours of the regions they first belong to (TC, WT, ET) in the kit's other figures.
 CLASS_COLORS = ("#0072B2", "#009E73", "#D55E00", "#CC79A7", "#E69F00", "#56B4E9")
-EPS = 1e-5  # the prototype loss's epsilon (spec C.5)
+EPS = 1e-5  # the prototype loss's epsilon (docs/method.md C.5)
 
 
 # --- the trained network and the case ------------------------------------------------------
@@ -81,9 +81,9 @@ def passion_run(
         ``(loaded, source)``: the loaded run (backbone in eval mode) and the folder that
         holds its ``history_modality.csv``.
     """
-    from passion_kit.reproduce import point_name
-    from passion_kit.train import RunFiles, _ensure_data, load_checkpoint
-    from passion_kit.widgets import SHIPPED_EXPLORER
+    from passion_kit.engine.grid import point_name
+    from passion_kit.engine.runs import RunFiles, ensure_data, load_checkpoint
+    from passion_kit.lessons.explorer import SHIPPED_EXPLORER
 
     files = RunFiles(Path(run_dir) / point_name("passion", preset="cpu", dataset="phantom"))
     if files.complete():
@@ -92,7 +92,7 @@ def passion_run(
         source, checkpoint = SHIPPED_EXPLORER, SHIPPED_EXPLORER / "checkpoint.pt"
     cfg = ExperimentConfig.from_dict(load_checkpoint(checkpoint)["config"], source=str(checkpoint))
     root = Path(data_root) / cfg.data.dataset
-    _ensure_data(cfg, root)
+    ensure_data(cfg, root)
     return load_run(source, checkpoint=checkpoint, data_root=root, device=device), source
 
 
@@ -116,7 +116,7 @@ def case_batch(
 ) -> dict:
     """A batch of one case with the availability ``combination``, as IDT feeds it.
 
-    The channels of the absent modalities are zeroed (spec A.2), so the encoders see what
+    The channels of the absent modalities are zeroed (docs/method.md A.2), so the encoders see what
     an IDT sample with this mask would show them.
 
     Args:
@@ -156,7 +156,7 @@ def case_batch(
 # --- the fused passes ----------------------------------------------------------------------
 @dataclass
 class StepPieces:
-    """The teacher and student passes of one step (spec D.1).
+    """The teacher and student passes of one step (docs/method.md D.1).
 
     Attributes:
         mask: (B, M) the samples' availability: the teachers' masks.
@@ -177,7 +177,7 @@ def step_pieces(backbone: Backbone, batch: dict) -> StepPieces:
     """Encode once, then fuse the teacher and one student per available modality in one call.
 
     A student is the same network under a one-modality mask ``e_m``, reusing the encoder
-    features. As in :class:`~passion_kit.objectives.passion.PassionObjective`, a modality
+    features. As in :class:`~passion_kit.method.passion.PassionObjective`, a modality
     has a student where some sample holds it with another modality (alone, its student
     would be its teacher).
     """
@@ -203,11 +203,11 @@ def _per_student(x: torch.Tensor, rows: int, name: str) -> torch.Tensor:
 def kl_map(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """Per-voxel pixel-wise distillation ``T^2 mean_c p_t (log p_t - log p_s)`` (spec C.4).
+    """Per-voxel pixel-wise distillation ``T^2 mean_c p_t (log p_t - log p_s)`` (docs/method.md C.4).
 
     ``p = clamp(softmax(z / T), 0.005, 1)``, not renormalised; the mean runs over the K
     classes, so the mean of the map over the voxels is
-    :func:`~passion_kit.losses.temperature_kl` (final level only).
+    :func:`~passion_kit.method.losses.temperature_kl` (final level only).
 
     Args:
         student_logits: (B * S, K, *sp) student logits.
@@ -241,7 +241,7 @@ def class_prototypes(feature: torch.Tensor, target_onehot: torch.Tensor) -> torc
 
 
 def similarity_maps(feature: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """``S_k(v) = cos(f(v), mu_k)``, norms clamped at 1e-5 (spec C.5).
+    """``S_k(v) = cos(f(v), mu_k)``, norms clamped at 1e-5 (docs/method.md C.5).
 
     Args:
         feature: (R, C, *sp) features.
@@ -259,7 +259,7 @@ def similarity_maps(feature: torch.Tensor, prototypes: torch.Tensor) -> torch.Te
 def prototype_distance(
     student_feature: torch.Tensor, teacher_feature: torch.Tensor, target_onehot: torch.Tensor
 ) -> torch.Tensor:
-    """The distance ``D = mean_{k, v} |S_k^s(v) - S_k^t(v)|`` of each student (spec C.5).
+    """The distance ``D = mean_{k, v} |S_k^s(v) - S_k^t(v)|`` of each student (docs/method.md C.5).
 
     The classes are those present in every sample of the batch (the official set); the
     student and teacher maps each use their own prototypes.
@@ -363,7 +363,7 @@ def plot_predictions(
     )
     if title:
         fig.suptitle(title, fontsize=10)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_maps(
@@ -403,7 +403,7 @@ def plot_maps(
         ax.set_yticks([])
     fig.colorbar(image, ax=list(axes), shrink=0.85)
     fig.suptitle(title, fontsize=10)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_prototypes(
@@ -440,7 +440,7 @@ def plot_prototypes(
         bottom.set_xticks(range(len(class_names)), class_names, rotation=45, fontsize=7)
         for ax in (top, bottom):
             ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_step_preference(
@@ -493,4 +493,4 @@ def plot_step_preference(
     names = [m if h else f"{m}\n(absent)" for m, h in zip(modalities, have, strict=True)]
     for ax in (left, right):
         ax.set_xticks(range(len(modalities)), names, fontsize=8)
-    return _finish(fig, path)
+    return finish_figure(fig, path)

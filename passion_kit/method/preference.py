@@ -1,4 +1,4 @@
-"""Relative preference, the task-wise gate and the gradient-wise beta update (spec D.2-D.3).
+"""Relative preference, the task-wise gate and the gradient-wise beta update (docs/method.md D.2-D.3).
 
 Pure functions plus :class:`PreferenceState`, the small per-run state that
 checkpoints save and the trainer calls :meth:`PreferenceState.end_epoch` on.
@@ -46,7 +46,7 @@ def iteration_preference(
         skip_degenerate: skip samples with fewer than two students or ``Dbar_n = 0``.
             With one student the student *is* the teacher, D = 0 and the official code
             divides 0 by 0: one such sample turns the whole batch's score into NaN and
-            switches the gate off for every modality (spec G.2). ``False`` reproduces that.
+            switches the gate off for every modality (docs/method.md G.2). ``False`` reproduces that.
 
     Returns:
         (M,) score; ``> 0`` opens the task-wise gate.

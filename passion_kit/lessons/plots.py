@@ -9,15 +9,15 @@ equation and ``assert`` that the run obeyed it:
 - :func:`scheduled_eta`: the eta each epoch should use, in closed form from the config
   (the trainer walks the schedule step by step; the two must agree).
 - :func:`replay_beta`: beta re-computed epoch by epoch with
-  :func:`~passion_kit.preference.update_beta` from the recorded relative preference and
+  :func:`~passion_kit.method.preference.update_beta` from the recorded relative preference and
   eta (notebook 06).
 - :func:`plot_hd95_conventions`: the border-to-border distances behind HD95
-  (:func:`~passion_kit.evaluate.border_distances`) and where the official, brats and
+  (:func:`~passion_kit.engine.evaluate.border_distances`) and where the official, brats and
   monai conventions read their value (notebook 07).
 
 Usage::
 
-    from passion_kit.lesson_plots import plot_learning_curve, replay_beta
+    from passion_kit.lessons.plots import plot_learning_curve, replay_beta
     plot_learning_curve("runs/phantom_rfnet_passion_idt_s0")
     replay_beta(read_history("runs/phantom_rfnet_passion_idt_s0"))
 """
@@ -35,9 +35,9 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from passion_kit.config import ExperimentConfig
-from passion_kit.evaluate import border_distances, hd95
-from passion_kit.preference import update_beta
-from passion_kit.viz import PlotFigure, _finish
+from passion_kit.engine.evaluate import border_distances, hd95
+from passion_kit.lessons.viz import PlotFigure, finish_figure
+from passion_kit.method.preference import update_beta
 
 __all__ = [
     "LOSS_TERMS",
@@ -167,7 +167,7 @@ def plot_learning_curve(
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_hd95_conventions(
@@ -182,7 +182,8 @@ def plot_hd95_conventions(
 
     ``official`` and ``brats`` read the 95th percentile of both directions pooled (the same
     value when neither set is empty); ``monai`` the larger of the two directions' own 95th
-    percentiles. The legend gives each value as :func:`~passion_kit.evaluate.hd95` returns it.
+    percentiles. The legend gives each value as
+    :func:`~passion_kit.engine.evaluate.hd95` returns it.
 
     Raises:
         ValueError: either set is empty (see :func:`border_distances`).
@@ -206,4 +207,4 @@ def plot_hd95_conventions(
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=10)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
