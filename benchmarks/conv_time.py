@@ -2,7 +2,7 @@
 
 For each shape (batch, in -> out channels, kernel, stride, output size), forward and
 backward (input and weight gradients) of ``F.conv3d`` on contiguous (NCDHW) tensors,
-against :class:`passion_kit.models.blocks.Conv3d`, which computes a 1x1x1 convolution
+against :class:`passion_kit.fast.kernels.FastConv3d`, which computes a 1x1x1 convolution
 as one matrix product per sample and a larger kernel in the channels-last layout. The
 shapes are those of an RFNet step at 80^3 (batch 4: the teacher and 3 students).
 
@@ -12,7 +12,7 @@ Usage::
     python benchmarks/conv_time.py --size 48 --repeats 5
 
 Each row prints the medians in ms and the kit's speed-up (native / kit, forward plus
-backward). The values agree to float rounding (``tests/models/test_blocks.py``).
+backward). The values agree to float rounding (``tests/test_fast.py``).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from passion_kit.engine.runtime import reuse_freed_memory
-    from passion_kit.models.blocks import Conv3d
+    from passion_kit.fast.kernels import FastConv3d as Conv3d
 
     reuse_freed_memory()
     torch.manual_seed(0)

@@ -49,12 +49,13 @@ def main(argv: list[str] | None = None) -> float:
     from passion_kit.data.phantom import generate_case
     from passion_kit.engine.evaluate import MultiMaskPredictor
     from passion_kit.engine.runtime import reuse_freed_memory
+    from passion_kit.fast import speed_up
 
     device = torch.device(args.device)
     reusing = device.type == "cpu" and not args.system_malloc and reuse_freed_memory()
     torch.manual_seed(0)
     net = pk.build_backbone(args.backbone, width=args.width, patch_size=args.window).to(device)
-    net.eval()
+    speed_up(net).eval()  # as evaluation does (train.fast_kernels)
     image, _ = generate_case(0, size=args.size)
     x = torch.from_numpy(image).unsqueeze(0).to(device)
     masks = BRATS.mask_tensor(device)

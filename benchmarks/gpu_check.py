@@ -48,6 +48,7 @@ def _time_steps(setup, backbone: str, objective: str, amp: bool, args) -> tuple[
         device="cuda",
         batch_size=1,
         amp=amp,
+        plain_kernels=False,
     )
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -83,11 +84,12 @@ def _eval_case(backbone: str, args) -> str:
     from passion_kit.data.modalities import BRATS
     from passion_kit.data.phantom import generate_case
     from passion_kit.engine.evaluate import MultiMaskPredictor
+    from passion_kit.fast import speed_up
 
     image, _ = generate_case(0, size=240)
     start = (240 - 155) // 2
     x = torch.from_numpy(image[..., start : start + 155].copy()).unsqueeze(0).cuda()
-    net = pk.build_backbone(backbone, patch_size=80).cuda().eval()
+    net = speed_up(pk.build_backbone(backbone, patch_size=80)).cuda().eval()
     predictor = MultiMaskPredictor(net, BRATS.mask_tensor("cuda"))
 
     def run() -> float:

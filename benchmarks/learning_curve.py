@@ -219,48 +219,16 @@ def _step_fn(net, objective, optimizer, batch, amp):
     return step
 
 
-def _with_native_ops(step):
-    """``step`` run with PyTorch's reflect padding and trilinear upsampling (the kit's own
-    compute the same values with faster CPU backward passes; see models/blocks.py)."""
-    import torch.nn.functional as F
-    from torch import nn
-
-    import passion_kit.models.blocks as blocks
-    from passion_kit.models import m2ftrans, mmformer, rfnet
-
-    def native_upsample(x, size):
-        size = tuple(int(s) for s in size)
-        if tuple(x.shape[2:]) == size:
-            return x
-        return F.interpolate(x, size=size, mode="trilinear", align_corners=True)
-
-    modules = (blocks, rfnet, mmformer, m2ftrans)
-
-    def run():
-        saved = blocks.Conv3d._conv_forward, [m.upsample for m in modules]
-        blocks.Conv3d._conv_forward = nn.Conv3d._conv_forward
-        for m in modules:
-            m.upsample = native_upsample
-        try:
-            return step()
-        finally:
-            blocks.Conv3d._conv_forward = saved[0]
-            for m, fn in zip(modules, saved[1], strict=True):
-                m.upsample = fn
-
-    return run
-
-
 def _without_depth_halves(step):
     """``step`` run with PyTorch's own kernel choice for one-sample fp32 convolutions."""
-    from passion_kit.models import blocks
+    from passion_kit.fast import kernels
 
     def run():
-        blocks.CPU_DEPTH_HALVES = False
+        kernels.CPU_DEPTH_HALVES = False
         try:
             return step()
         finally:
-            blocks.CPU_DEPTH_HALVES = True
+            kernels.CPU_DEPTH_HALVES = True
 
     return run
 
@@ -269,6 +237,7 @@ def _switches(cfg, steps: int, bf16: bool = True) -> list[tuple[str, float]]:
     """Median step time (model and objective only) of CPU options, measured side by side."""
     import torch
 
+    from passion_kit.fast import speed_up
     from passion_kit.models import build_backbone
     from passion_kit.objectives import build_objective
 
@@ -278,6 +247,9 @@ def _switches(cfg, steps: int, bf16: bool = True) -> list[tuple[str, float]]:
     label = torch.randint(0, 4, (cfg.train.batch_size, *p))
     variants = {
         "fp32": dict(amp=None, channels_last=False),
+        "fp32, plain PyTorch modules (train.fast_kernels=false)": dict(
+            amp=None, channels_last=False, plain=True
+        ),
         "fp32, PyTorch's one-sample conv kernel": dict(
             amp=None, channels_last=False, no_halves=True
         ),
@@ -286,14 +258,16 @@ def _switches(cfg, steps: int, bf16: bool = True) -> list[tuple[str, float]]:
         variants |= {
             "bf16 autocast": dict(amp=torch.bfloat16, channels_last=False),
             "bf16 autocast, channels-last": dict(amp=torch.bfloat16, channels_last=True),
-            "bf16 autocast, PyTorch's pad/upsample": dict(
-                amp=torch.bfloat16, channels_last=False, native=True
+            "bf16 autocast, plain PyTorch modules": dict(
+                amp=torch.bfloat16, channels_last=False, plain=True
             ),
         }
     runners = {}
     for name, options in variants.items():
         torch.manual_seed(0)
         net = build_backbone(cfg.model.backbone, width=cfg.model.width, patch_size=p)
+        if not options.get("plain"):
+            speed_up(net)  # as fit and evaluation do (train.fast_kernels)
         x = image
         if options["channels_last"]:
             net = net.to(memory_format=torch.channels_last_3d)
@@ -303,8 +277,6 @@ def _switches(cfg, steps: int, bf16: bool = True) -> list[tuple[str, float]]:
         batch = {"image": x, "label": label, "mask": mask}
 
         step = _step_fn(net, objective, optimizer, batch, options["amp"])
-        if options.get("native"):
-            step = _with_native_ops(step)
         if options.get("no_halves"):
             step = _without_depth_halves(step)
         runners[name] = step
@@ -352,7 +324,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         reuse_freed_memory,
         select_device,
     )
-    from passion_kit.models import blocks
+    from passion_kit.fast import kernels
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -380,7 +352,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"train.amp={cfg.train.amp} runs "
         f"{'fp32' if amp is None else str(amp).removeprefix('torch.') + ' autocast'}; "
         f"one-sample fp32 convolutions as depth halves (oneDNN): "
-        f"{'on' if blocks.CPU_DEPTH_HALVES else 'off'}"
+        f"{'on' if kernels.CPU_DEPTH_HALVES else 'off'}"
     )
     print(
         f"{args.backbone}, {cfg.objective.name}, {cfg.data.setting} {cfg.data.missing_rates}, "

@@ -93,10 +93,13 @@ def _setup(args: argparse.Namespace, objective_name: str, plain: bool = False):
     from torch.profiler import record_function
 
     import passion_kit as pk
+    from passion_kit.fast import speed_up
 
     torch.manual_seed(0)
     device = torch.device(args.device)
     net = pk.build_backbone(args.backbone, width=args.width, patch_size=args.patch_size).to(device)
+    if not getattr(args, "plain_kernels", False):
+        speed_up(net)  # as fit and evaluation do (train.fast_kernels)
     model = _PlainRows(net) if plain else net
     objective = pk.objectives.build_objective(
         objective_name, num_modalities=net.num_modalities, num_classes=net.num_classes
@@ -277,6 +280,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", action="store_true", help="where a step goes, per module")
     parser.add_argument(
         "--plain", action="store_true", help="also time a plain PASSION step (a pass per mask)"
+    )
+    parser.add_argument(
+        "--plain-kernels",
+        action="store_true",
+        help="the plain PyTorch modules, without passion_kit.fast (train.fast_kernels=false)",
     )
     parser.add_argument(
         "--system-malloc", action="store_true", help="CPU: glibc's defaults, freed memory unmapped"

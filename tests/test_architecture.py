@@ -36,8 +36,9 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
-def _imports(path: Path, name: str) -> list[ast.ImportFrom | ast.Import]:
-    return [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Import | ast.ImportFrom)]
+def _imports(path: Path) -> list[ast.ImportFrom | ast.Import]:
+    tree = ast.parse(path.read_text())
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
 
 
 def _targets(node, own: str, modules: dict[str, Path]) -> list[tuple[str, list[str]]]:
@@ -62,7 +63,7 @@ def _graph() -> dict[str, dict[str, list[str]]]:
     graph: dict[str, dict[str, list[str]]] = {}
     for name, path in modules.items():
         edges: dict[str, list[str]] = {}
-        for node in _imports(path, name):
+        for node in _imports(path):
             for target, names in _targets(node, name, modules):
                 if target != "passion_kit":  # the package facade (its __version__)
                     edges.setdefault(target, []).extend(names)
@@ -114,10 +115,8 @@ def test_no_module_uses_another_modules_private_name():
     for name, path in modules.items():
         tree = ast.parse(path.read_text())
         aliases = {}
-        for node in ast.walk(tree):
-            for target, names in (
-                _targets(node, name, modules) if isinstance(node, ast.Import | ast.ImportFrom) else []
-            ):
+        for node in _imports(path):
+            for target, names in _targets(node, name, modules):
                 if target != name:
                     used += [f"{name}: {target}.{n}" for n in names if n.startswith("_")]
                 if isinstance(node, ast.Import):

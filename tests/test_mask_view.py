@@ -33,7 +33,8 @@ def test_pattern_probabilities_match_the_published_split_counts():
     realized = np.array([ids.count(i) for i in range(15)])
     allotted = np.maximum(1, np.floor(len(split) * probs.to_numpy()))
     assert (realized >= allotted).all()  # redrawn all-missing rows only add cases
-    assert realized.sum() - allotted.sum() == 15  # docs/method.md A.3: 204 rows allotted, 15 redrawn
+    # docs/method.md A.3: 204 rows allotted, 15 redrawn
+    assert realized.sum() - allotted.sum() == 15
     with pytest.raises(ValueError, match="each of"):
         mask_view.pattern_probabilities({"flair": 0.5}, BRATS)
 

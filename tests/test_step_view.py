@@ -35,7 +35,7 @@ def _label(batch: int = 1, size: int = 8) -> torch.Tensor:
 def test_prototypes_are_the_class_means_by_hand():
     feature = torch.tensor([[[1.0, 3.0, 5.0, 7.0], [2.0, 2.0, 0.0, 4.0]]])  # (1, C=2, V=4)
     y = F.one_hot(torch.tensor([[0, 0, 1, 1]]), 3).movedim(-1, 1).float()  # class 2 absent
-    proto = sv.class_prototypes(feature, y)
+    proto = losses.class_prototypes(feature, y)
     expected = torch.tensor([[[4.0, 4.0], [12.0, 4.0], [0.0, 0.0]]]) / (2 + 1e-5)
     torch.testing.assert_close(proto, expected)  # class means (sum / (count + 1e-5)); absent: 0
 
@@ -44,12 +44,12 @@ def test_a_voxel_equal_to_its_prototype_has_similarity_one():
     feature = torch.randn(1, 3, 4, 4, 4)
     y = one_hot(_label(1, 4), 4, torch.float32)
     feature[:, :, y[0, 2].bool()] = torch.tensor([0.5, -1.0, 2.0])[:, None]  # edema: one vector
-    maps = sv.similarity_maps(feature, sv.class_prototypes(feature, y))
+    maps = losses.similarity_maps(feature, losses.class_prototypes(feature, y))
     assert maps.shape == (1, 4, 4, 4, 4)
     edema = maps[0, 2][y[0, 2].bool()]
     torch.testing.assert_close(edema, torch.ones_like(edema))
     assert maps.abs().max() <= 1 + 1e-6
-    opposite = sv.similarity_maps(-feature, sv.class_prototypes(feature, y))[0, 2]
+    opposite = losses.similarity_maps(-feature, losses.class_prototypes(feature, y))[0, 2]
     torch.testing.assert_close(opposite[y[0, 2].bool()], -torch.ones_like(edema))
 
 
@@ -59,13 +59,25 @@ def test_cosine_matrix_of_orthogonal_and_parallel_vectors():
     torch.testing.assert_close(sv.cosine_matrix(vectors), expected)
 
 
-def test_prototype_distance_is_the_losses_distance():
+def test_prototype_distance_is_the_mean_absolute_difference_of_plain_cosine_maps():
     y = one_hot(_label(2, 6), 4, torch.float32)
     y[1, 3], y[1, 0] = 0.0, y[1, 0] + y[1, 3]  # no enhancing in sample 1: the class is left out
     student, teacher = torch.randn(6, 5, 6, 6, 6), torch.randn(2, 5, 6, 6, 6)  # S = 3
-    distance = sv.prototype_distance(student, teacher, y)
-    torch.testing.assert_close(distance, losses.prototype_distillation(student, teacher, y)[1])
-    same = sv.prototype_distance(teacher.repeat_interleave(3, 0), teacher, y)
+    present = (y.flatten(2).sum(-1) > 0).all(0)
+
+    def plain_maps(feature):  # class means and cosines written out, with torch's norm
+        rows = feature.shape[0] // 2
+        f, labels = feature.flatten(2), y.repeat_interleave(rows, 0).flatten(2)
+        mu = torch.einsum("rcv,rkv->rkc", f, labels) / (labels.sum(-1)[..., None] + 1e-5)
+        f_unit = f / f.norm(dim=1, keepdim=True).clamp_min(1e-5)
+        mu_unit = mu / mu.norm(dim=-1, keepdim=True).clamp_min(1e-5)
+        return torch.einsum("rcv,rkc->rkv", f_unit, mu_unit)
+
+    diff = plain_maps(student) - plain_maps(teacher).repeat_interleave(3, 0)
+    loss, distance = losses.prototype_distillation(student, teacher, y)
+    torch.testing.assert_close(distance, diff[:, present].abs().mean((1, 2)))
+    torch.testing.assert_close(loss, diff[:, present].pow(2).mean((1, 2)))
+    same = losses.prototype_distillation(teacher.repeat_interleave(3, 0), teacher, y)[1]
     torch.testing.assert_close(same, torch.zeros(6))
 
 
@@ -76,29 +88,29 @@ def test_kl_map_by_hand_on_one_voxel():
     t = 2.0
     p_t = torch.softmax(torch.tensor([1.0, 0.0]), 0)  # softmax(z / T)
     expected = t**2 * (p_t * (p_t.log() - math.log(0.5))).mean()  # mean over the classes
-    torch.testing.assert_close(sv.kl_map(student, teacher, t), expected.view(1, 1))
+    torch.testing.assert_close(losses.kl_map(student, teacher, t), expected.view(1, 1))
 
 
 def test_kl_map_averages_to_the_temperature_kl_of_the_losses():
     teacher, student = torch.randn(2, 4, 5, 6, 7) * 3, torch.randn(6, 4, 5, 6, 7) * 3  # S = 3
     for temperature in (1.0, 4.0):
-        kl = sv.kl_map(student, teacher, temperature)
+        kl = losses.kl_map(student, teacher, temperature)
         assert kl.shape == (6, 5, 6, 7)
         expected = losses.temperature_kl(student, teacher, temperature)
         torch.testing.assert_close(kl.flatten(1).mean(1), expected)
-    same = sv.kl_map(teacher.repeat_interleave(3, 0), teacher, 4.0)
+    same = losses.kl_map(teacher.repeat_interleave(3, 0), teacher, 4.0)
     torch.testing.assert_close(same, torch.zeros_like(same))
     with pytest.raises(ValueError, match="temperature"):
-        sv.kl_map(student, teacher, 0.0)
-    with pytest.raises(ValueError, match="rows"):
-        sv.kl_map(student[:5], teacher, 4.0)
+        losses.kl_map(student, teacher, 0.0)
+    with pytest.raises(ValueError, match="multiple"):
+        losses.kl_map(student[:5], teacher, 4.0)
 
 
 # --- the relative preference and beta ----------------------------------------------------------
 def test_sample_relative_preference_by_hand():
     distance = torch.tensor([[0.1, 0.3, 0.0, 0.2], [0.0, 0.4, 0.0, 0.0]])
     available = torch.tensor([[True, True, False, True], [False, True, False, False]])
-    rp = sv.sample_relative_preference(distance, available)
+    rp = preference.sample_relative_preference(distance, available)
     torch.testing.assert_close(rp, torch.tensor([[0.5, -0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
     score = preference.iteration_preference(distance, available)
     torch.testing.assert_close(score, -(rp * available).sum(0))
@@ -121,14 +133,15 @@ def test_step_pieces_give_the_objectives_pixel_proto_distance_and_gate():
     pix = losses.pixel_distillation(
         step.student.logits, step.student.deep, step.teacher.logits, step.teacher.deep, 4.0
     )
-    distance = sv.prototype_distance(step.student.feature, step.teacher.feature, y).view(2, 4)
+    distance = losses.prototype_distillation(step.student.feature, step.teacher.feature, y)[1]
+    distance = distance.view(2, 4)
     distance = distance * mask
     result = PassionObjective(num_modalities=4, num_classes=4)(batch, net)
     a = mask.float()
     torch.testing.assert_close(result.per_modality["pixel"], (pix.view(2, 4) * a).mean(0))
     d_mean = distance.sum(0) / a.sum(0)
     torch.testing.assert_close(result.per_modality["distance"], d_mean, rtol=1e-4, atol=1e-6)
-    score = -sv.sample_relative_preference(distance, mask).sum(0)
+    score = -preference.sample_relative_preference(distance, mask).sum(0)
     torch.testing.assert_close(result.per_modality["gate"], (score > 0).float())
 
 

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from passion_kit.data.description import DatasetDescription, load_description
-from passion_kit.data.prepared import load_array, case_dir, list_cases, read_case_ids
+from passion_kit.data.prepared import case_dir, list_cases, load_array, read_case_ids
 from passion_kit.data.splits import MissingRateSplit, read_split
 from passion_kit.data.transforms import TrainAugment
 

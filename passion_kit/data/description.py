@@ -247,7 +247,8 @@ PHANTOM = _brats_like(
     source="passion_kit.data.phantom (procedural, no download)",
 )
 
-# The MyoPS protocol (docs/data.md): 6 classes; LVB = {2}, RVB = {3}, MYO = normal myocardium + edema + scar.
+# The MyoPS protocol (docs/data.md): 6 classes; LVB = {2}, RVB = {3}, MYO = normal myocardium +
+# edema + scar.
 MYOPS2020 = DatasetDescription(
     name="myops2020",
     modalities=MYOPS,

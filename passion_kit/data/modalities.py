@@ -167,7 +167,8 @@ BRATS = ModalitySet(
     ),
 )
 
-# The MyoPS channel order (docs/data.md): [bSSFP (C0), LGE (DE), T2]; ids as in the authors' MyoPS code.
+# The MyoPS channel order (docs/data.md): [bSSFP (C0), LGE (DE), T2]; ids as in the authors' MyoPS
+# code.
 MYOPS = ModalitySet(
     modalities=("bssfp", "lge", "t2"),
     combinations=(

@@ -42,7 +42,8 @@ def crop_bounds(
     Args:
         volume: (M, H, W, D) or (H, W, D); the non-zero voxels of the maximum over the
             first axis (or of the volume itself) define the box.
-        min_size: axes whose extent is below this are widened symmetrically, as in docs/method.md A.4
+        min_size: axes whose extent is below this are widened symmetrically, as in
+        docs/method.md A.4
             (``ecart = int((min_size - ext) / 2)``, ``max += ecart + 1``, ``min -= ecart``,
             shifted to start at 0 if negative, clipped at the array end).
         mode: one of :data:`CROP_MODES`.

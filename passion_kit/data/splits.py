@@ -180,7 +180,8 @@ def _check_rates(rates: Mapping[str, float], modalities: ModalitySet) -> dict[st
 def _pattern_order(m: int) -> list[tuple[bool, ...]]:
     """The order in which the generator walks the non-empty availability patterns.
 
-    Patterns are in ``split_order``. For M = 4 this is the official order (docs/method.md A.3), which
+    Patterns are in ``split_order``. For M = 4 this is the official order
+    (docs/method.md A.3), which
     is not plain binary order: in the TT.. and FT.. blocks the last two modalities come
     as TT, FT, TF, FF, in the TF.. and FF.. blocks as TT, TF, FT, FF. For any other M it
     is descending binary order (present first, the first modality most significant).

@@ -1,4 +1,5 @@
-"""Training augmentation of docs/method.md A.5, with explicit fill values (docs/method.md G.10, G.11).
+"""Training augmentation (docs/method.md A.5), with explicit fill values
+(docs/method.md G.10, G.11).
 
 Order as in the official pipeline: random crop to the patch, rotation by a small integer
 angle in one random plane (nearest neighbour, so labels stay labels), intensity jitter

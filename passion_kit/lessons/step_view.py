@@ -1,23 +1,19 @@
-"""One PASSION step on one case, piece by piece: the numbers and pictures of notebook 04.
+"""One PASSION step on one case, piece by piece: the inputs and pictures of notebook 04.
 
-Each function computes one piece of the objective for a batch (docs/method.md C.4, C.5, D.2-D.3)
-and returns tensors, or draws them and returns a :class:`~passion_kit.lessons.viz.PlotFigure`.
-The pieces are the objective's own numbers:
-
-- :func:`kl_map` is the per-voxel form of :func:`~passion_kit.method.losses.temperature_kl`
-  (its mean over the voxels is that loss, the ``T^2`` factor included);
-- :func:`class_prototypes`, :func:`similarity_maps` and :func:`prototype_distance`
-  compute the distance D of :func:`~passion_kit.method.losses.prototype_distillation`;
-- :func:`sample_relative_preference` is ``RP_n^m = 1 - D_n^m / Dbar_n``, whose sum
-  ``-sum_n a_nm RP_nm`` is :func:`~passion_kit.method.preference.iteration_preference`.
+:func:`step_pieces` runs the teacher and the students of one batch as the objective does;
+the numbers drawn are computed by the functions that train (:mod:`passion_kit.method.losses`:
+``kl_map``, ``class_prototypes``, ``similarity_maps``, ``prototype_distillation``;
+:mod:`passion_kit.method.preference`: ``sample_relative_preference``), and the plots here
+draw them (docs/method.md C.4, C.5, D.2-D.3).
 
 Usage (CPU, seconds)::
 
     from passion_kit.lessons import step_view as sv
+    from passion_kit.method import losses
     loaded, history = sv.passion_run("outputs/reproduce/runs", "data")  # or the shipped one
     batch = sv.case_batch(loaded.root, 0, "flair+t1c+t1")
     step = sv.step_pieces(loaded.backbone, batch)
-    kl = sv.kl_map(step.student.logits, step.teacher.logits, 4.0)  # (S, H, W, D)
+    kl = losses.kl_map(step.student.logits, step.teacher.logits, 4.0)  # (S, H, W, D)
 """
 
 from __future__ import annotations
@@ -29,16 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
-from passion_kit.balancing.common import student_masks
 from passion_kit.config import ExperimentConfig
 from passion_kit.data import PreparedDataset
 from passion_kit.engine.evaluate import LoadedRun, load_run
 from passion_kit.lessons.viz import PlotFigure, finish_figure, modality_colors, tumour_centre
-from passion_kit.method.losses import PROB_CLAMP
+from passion_kit.method.losses import PROTO_EPS
+from passion_kit.method.students import student_masks
 from passion_kit.models import Backbone
 from passion_kit.models.base import FusionOut
 
@@ -46,24 +41,18 @@ __all__ = [
     "CLASS_COLORS",
     "StepPieces",
     "case_batch",
-    "class_prototypes",
     "cosine_matrix",
-    "kl_map",
     "passion_run",
     "plot_maps",
     "plot_predictions",
     "plot_prototypes",
     "plot_step_preference",
-    "prototype_distance",
-    "sample_relative_preference",
-    "similarity_maps",
     "step_pieces",
 ]
 
 # Classes 1..K-1 (background is not drawn): NCR/NET blue, edema green, enhancing vermillion,
 # the colours of the regions they first belong to (TC, WT, ET) in the kit's other figures.
 CLASS_COLORS = ("#0072B2", "#009E73", "#D55E00", "#CC79A7", "#E69F00", "#56B4E9")
-EPS = 1e-5  # the prototype loss's epsilon (docs/method.md C.5)
 
 
 # --- the trained network and the case ------------------------------------------------------
@@ -193,120 +182,10 @@ def step_pieces(backbone: Backbone, batch: dict) -> StepPieces:
     return StepPieces(mask, students, out.rows(first), out.rows(~first))
 
 
-def _per_student(x: torch.Tensor, rows: int, name: str) -> torch.Tensor:
-    """Repeat a per-sample tensor for the ``rows`` rows of its students."""
-    if rows % x.shape[0]:
-        raise ValueError(f"{name} has {x.shape[0]} rows, which do not divide the {rows} rows")
-    return x.repeat_interleave(rows // x.shape[0], 0)
-
-
-def kl_map(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Per-voxel pixel-wise distillation ``T^2 mean_c p_t (log p_t - log p_s)`` (docs/method.md C.4).
-
-    ``p = clamp(softmax(z / T), 0.005, 1)``, not renormalised; the mean runs over the K
-    classes, so the mean of the map over the voxels is
-    :func:`~passion_kit.method.losses.temperature_kl` (final level only).
-
-    Args:
-        student_logits: (B * S, K, *sp) student logits.
-        teacher_logits: (B, K, *sp) teacher logits (row r of the student uses row r // S).
-        temperature: T.
-
-    Returns:
-        (B * S, *sp) the map of each student.
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    teacher = _per_student(teacher_logits, student_logits.shape[0], "teacher_logits")
-    p_s = F.softmax(student_logits.float() / temperature, 1).clamp(PROB_CLAMP, 1.0)
-    p_t = F.softmax(teacher.float() / temperature, 1).clamp(PROB_CLAMP, 1.0)
-    return temperature**2 * (p_t * (p_t.log() - p_s.log())).mean(1)
-
-
-def class_prototypes(feature: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
-    """``mu_k = sum_v f(v) y_k(v) / (sum_v y_k(v) + 1e-5)``: the mean feature of class k.
-
-    Args:
-        feature: (R, C, *sp) features (R = B, or B * S student rows).
-        target_onehot: (B, K, *sp) one-hot labels.
-
-    Returns:
-        (R, K, C) prototypes; a class without voxels gets the zero vector.
-    """
-    y = _per_student(target_onehot, feature.shape[0], "target_onehot").float().flatten(2)
-    f = feature.float().flatten(2)
-    return torch.einsum("rcv,rkv->rkc", f, y) / (y.sum(-1)[..., None] + EPS)
-
-
-def similarity_maps(feature: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """``S_k(v) = cos(f(v), mu_k)``, norms clamped at 1e-5 (docs/method.md C.5).
-
-    Args:
-        feature: (R, C, *sp) features.
-        prototypes: (R, K, C) prototypes.
-
-    Returns:
-        (R, K, *sp) similarity maps in [-1, 1].
-    """
-    f = feature.float()
-    f_unit = f / f.norm(dim=1, keepdim=True).clamp_min(EPS)
-    p_unit = prototypes / prototypes.norm(dim=-1, keepdim=True).clamp_min(EPS)
-    return torch.einsum("rc...,rkc->rk...", f_unit, p_unit)
-
-
-def prototype_distance(
-    student_feature: torch.Tensor, teacher_feature: torch.Tensor, target_onehot: torch.Tensor
-) -> torch.Tensor:
-    """The distance ``D = mean_{k, v} |S_k^s(v) - S_k^t(v)|`` of each student (docs/method.md C.5).
-
-    The classes are those present in every sample of the batch (the official set); the
-    student and teacher maps each use their own prototypes.
-
-    Args:
-        student_feature: (B * S, C, *sp).
-        teacher_feature: (B, C, *sp).
-        target_onehot: (B, K, *sp).
-
-    Returns:
-        (B * S,) distances.
-    """
-    present = (target_onehot.flatten(2).sum(-1) > 0).all(0)
-    s = similarity_maps(student_feature, class_prototypes(student_feature, target_onehot))
-    t = similarity_maps(teacher_feature, class_prototypes(teacher_feature, target_onehot))
-    t = _per_student(t, s.shape[0], "teacher_feature")
-    return (s - t)[:, present].abs().flatten(1).mean(1)
-
-
 def cosine_matrix(vectors: torch.Tensor) -> torch.Tensor:
     """(K, C) vectors -> (K, K) pairwise cosine similarities (norms clamped at 1e-5)."""
-    unit = vectors.float() / vectors.float().norm(dim=-1, keepdim=True).clamp_min(EPS)
+    unit = vectors.float() / vectors.float().norm(dim=-1, keepdim=True).clamp_min(PROTO_EPS)
     return unit @ unit.T
-
-
-# --- the preference --------------------------------------------------------------------------
-def sample_relative_preference(distance: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
-    """``RP_nm = 1 - D_nm / Dbar_n`` with ``Dbar_n`` the mean D over sample n's students.
-
-    RP > 0: the modality is closer to the teacher than the sample's average (preferred);
-    RP < 0: it lags. 0 where m is not a student and for samples with one student or
-    ``Dbar_n = 0`` (the kit's ``skip_degenerate``), so that
-    ``iteration_preference(D, a) = -sum_n a_nm RP_nm``.
-
-    Args:
-        distance: (B, M) distances D (0 where not a student).
-        available: (B, M) bool, the students of each sample.
-
-    Returns:
-        (B, M) relative preferences.
-    """
-    a = available.to(distance.dtype)
-    count = a.sum(1, keepdim=True)
-    mean = (distance * a).sum(1, keepdim=True) / count.clamp_min(1.0)
-    keep = (count > 1) & (mean > 0)
-    rp = 1.0 - distance / torch.where(keep, mean, torch.ones_like(mean))
-    return torch.where(keep & available, rp, torch.zeros_like(rp))
 
 
 # --- pictures ------------------------------------------------------------------------------

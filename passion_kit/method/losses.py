@@ -20,20 +20,27 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from passion_kit.fast.kernels import upsample  # TEMP bit-identity check
-
 __all__ = [
     "weighted_cross_entropy",
     "soft_dice_loss",
     "segmentation_loss",
     "deep_supervision_loss",
     "deep_supervision_weights",
+    "soft_probabilities",
+    "kl_map",
     "temperature_kl",
     "pixel_distillation",
+    "class_prototypes",
+    "similarity_maps",
     "prototype_distillation",
 ]
 
 PROB_CLAMP = 0.005
+
+
+def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``Up``: trilinear interpolation to ``size`` with ``align_corners=True``."""
+    return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=True)
 
 
 def _spatial_dims(x: torch.Tensor) -> tuple[int, ...]:
@@ -84,7 +91,8 @@ def soft_dice_loss(probs: torch.Tensor, target_onehot: torch.Tensor) -> torch.Te
 
 
 def segmentation_loss(probs: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
-    """``weighted_cross_entropy + soft_dice_loss`` (the fused and unimodal terms, docs/method.md C.3)."""
+    """``weighted_cross_entropy + soft_dice_loss``: the fused and unimodal terms
+    (docs/method.md C.3)."""
     return weighted_cross_entropy(probs, target_onehot) + soft_dice_loss(probs, target_onehot)
 
 
@@ -96,7 +104,8 @@ def deep_supervision_weights(levels: int) -> list[float]:
 def deep_supervision_loss(
     deep_logits: Sequence[torch.Tensor], target_onehot: torch.Tensor
 ) -> torch.Tensor:
-    """``sum_l 2^-l [wCE + Dice](Up(softmax(Q_l)))`` over the backbone's levels (docs/method.md C.3).
+    """``sum_l 2^-l [wCE + Dice](Up(softmax(Q_l)))`` over the backbone's levels
+    (docs/method.md C.3).
 
     Args:
         deep_logits: logits per level, finest first, at their native resolution.
@@ -112,7 +121,8 @@ def deep_supervision_loss(
     return total
 
 
-def _clamped_soft(logits: torch.Tensor, temperature: float, size) -> torch.Tensor:
+def soft_probabilities(logits: torch.Tensor, temperature: float, size=None) -> torch.Tensor:
+    """``clamp(Up(softmax(z / T)), 0.005, 1)``: clamped after upsampling, not renormalised."""
     p = F.softmax(logits / temperature, dim=1)
     if size is not None:
         p = upsample(p, size)
@@ -129,6 +139,43 @@ def _students_per_teacher(student: torch.Tensor, teacher: torch.Tensor, names) -
     return student.shape[0] // teacher.shape[0]
 
 
+def kl_map(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    *,
+    size: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Per-voxel pixel-wise distillation ``T^2 mean_c p_t (log p_t - log p_s)``
+    (docs/method.md C.4).
+
+    ``p = soft_probabilities(z, T, size)``; the mean runs over the K classes, as the
+    official code's. The teacher is detached: its output is held constant, and the
+    gradient reaches the network through the student only.
+
+    Args:
+        student_logits: (B * S, K, *sp) student logits.
+        teacher_logits: (B, K, *sp) teacher logits (row r of the student uses row r // S).
+        temperature: T.
+        size: upsample both to this size first (the deep levels).
+
+    Returns:
+        (B * S, *sp) the map of each student.
+    """
+    rows = _students_per_teacher(
+        student_logits, teacher_logits, ("student_logits", "teacher_logits")
+    )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    p_s = soft_probabilities(student_logits, temperature, size)
+    p_t = soft_probabilities(teacher_logits.detach(), temperature, size)
+    b, k, sp = p_t.shape[0], p_t.shape[1], p_t.shape[2:]
+    p_s = p_s.view(b, rows, k, *sp)
+    p_t = p_t.view(b, 1, k, *sp)
+    kl = (p_t * (torch.log(p_t) - torch.log(p_s))).mean(2)  # (B, S, *sp)
+    return temperature**2 * kl.reshape(b * rows, *sp)
+
+
 def temperature_kl(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -136,32 +183,14 @@ def temperature_kl(
     *,
     size: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Temperature-scaled KL(teacher || student), pixel-wise self-distillation (docs/method.md C.4).
-
-    ``T^2 mean_{c,v} p_t (log p_t - log p_s)`` with ``p = clamp(Up(softmax(z / T)), 0.005, 1)``:
-    clamped after upsampling and not renormalised, and averaged over classes *and*
-    voxels (so it is 1/K of the usual per-voxel KL), exactly as the official code.
-    The teacher is detached here: gradient reaches only the student.
-
-    ``teacher_logits`` may have B rows for ``student_logits``' B * S rows (S students per
-    sample, row r of the student against teacher row r // S): the teacher side is then
-    computed once per sample.
+    """Temperature-scaled KL(teacher || student), the mean of :func:`kl_map` over the voxels
+    (docs/method.md C.4): ``T^2 mean_{c,v} p_t (log p_t - log p_s)``, 1/K of the usual
+    per-voxel KL, exactly as the official code.
 
     Returns:
         (B * S,) loss per student row.
     """
-    rows = _students_per_teacher(
-        student_logits, teacher_logits, ("student_logits", "teacher_logits")
-    )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    p_s = _clamped_soft(student_logits, temperature, size)
-    p_t = _clamped_soft(teacher_logits.detach(), temperature, size)
-    b = p_t.shape[0]
-    log_s = torch.log(p_s).view(b, rows, -1)
-    p_t = p_t.reshape(b, 1, -1)
-    kl = (p_t * torch.log(p_t)).mean(-1) - (p_t * log_s).mean(-1)  # (B, S)
-    return temperature**2 * kl.reshape(-1)
+    return kl_map(student_logits, teacher_logits, temperature, size=size).flatten(1).mean(1)
 
 
 def pixel_distillation(
@@ -173,7 +202,8 @@ def pixel_distillation(
 ) -> torch.Tensor:
     """``L_pix = KL_T(P^m <- P) + sum_l 2^-l KL_T(Up(Q_l^m) <- Up(Q_l))`` (docs/method.md C.4).
 
-    The teacher may have one row per sample for S student rows (see :func:`temperature_kl`).
+    ``P`` and ``Q_l`` are the teacher's final and deep-level logits, ``P^m`` and ``Q_l^m``
+    the student's; the teacher may have one row per sample for S student rows.
 
     Returns:
         (B * S,) loss per student row.
@@ -186,6 +216,52 @@ def pixel_distillation(
     return total
 
 
+PROTO_EPS = 1e-5
+
+
+def class_prototypes(feature: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
+    """``mu_k = sum_v f(v) y_k(v) / (sum_v y_k(v) + 1e-5)``: the mean feature of class k
+    (docs/method.md C.5).
+
+    Args:
+        feature: (R, C, *sp) features; R = B, or B * S student rows (row r is sample r // S).
+        target_onehot: (B, K, *sp) one-hot labels.
+
+    Returns:
+        (R, K, C) prototypes; a class without voxels gets the zero vector.
+    """
+    b, k = target_onehot.shape[:2]
+    if feature.shape[0] % b or feature.shape[2:] != target_onehot.shape[2:]:
+        raise ValueError(
+            f"feature {tuple(feature.shape)} does not match target_onehot "
+            f"{tuple(target_onehot.shape)} in batch size (a multiple of it) and spatial shape"
+        )
+    rows, c = feature.shape[0] // b, feature.shape[1]
+    y = target_onehot.to(feature.dtype).flatten(2)  # (B, K, V)
+    f = feature.reshape(b, rows, c, -1)  # (B, S, C, V)
+    proto = torch.einsum("bscv,bkv->bskc", f, y) / (y.sum(-1)[:, None, :, None] + PROTO_EPS)
+    return proto.reshape(b * rows, k, c)
+
+
+def similarity_maps(feature: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """``S_k(v) = cos(f(v), mu_k)``, each norm clamped at 1e-5 (docs/method.md C.5).
+
+    Args:
+        feature: (R, C, *sp) features.
+        prototypes: (R, K, C) prototypes.
+
+    Returns:
+        (R, K, *sp) similarity maps in [-1, 1].
+    """
+    f = feature.flatten(2)  # (R, C, V)
+    # ||f|| clamped at eps, as sqrt(max(sum f^2, eps^2)): the same value and gradient, and on
+    # CPU several times faster than norm's reduction over the channel axis (tested equal).
+    f_unit = f / (f * f).sum(1, keepdim=True).clamp_min(PROTO_EPS**2).sqrt()
+    p_unit = prototypes / prototypes.norm(dim=-1, keepdim=True).clamp_min(PROTO_EPS)
+    maps = torch.einsum("rcv,rkc->rkv", f_unit, p_unit)
+    return maps.view(*maps.shape[:2], *feature.shape[2:])
+
+
 def prototype_distillation(
     student_features: torch.Tensor,
     teacher_features: torch.Tensor,
@@ -194,9 +270,8 @@ def prototype_distillation(
     """Semantic-wise self-distillation with class prototypes (docs/method.md C.5).
 
     For each class k present in *every* sample of the batch (the official class set),
-    prototypes ``mu_k = sum_v f(v) y_k(v) / (sum_v y_k(v) + 1e-5)`` and similarity maps
-    ``S_k(v) = cos(f(v), mu_k)`` (eps 1e-5) are computed for the student and the
-    (detached) teacher features.
+    :func:`class_prototypes` and :func:`similarity_maps` of the student's features and of
+    the teacher's (detached) features, each with its own prototypes.
 
     ``teacher_features`` and ``target_onehot`` may have B rows for the student's B * S
     (S students per sample, row r against sample r // S); the teacher's maps are then
@@ -217,26 +292,15 @@ def prototype_distillation(
             f"target_onehot {tuple(target_onehot.shape)} does not match the teacher features "
             f"{tuple(teacher_features.shape)} in batch size and spatial shape"
         )
-    y = target_onehot.to(student_features.dtype).flatten(2)  # (B, K, V)
-    counts = y.sum(-1)  # (B, K)
-    present = (counts > 0).all(0)  # classes present in every sample of the batch
+    present = (target_onehot.flatten(2).sum(-1) > 0).all(0)  # in every sample of the batch
     if not bool(present.any()):
         zero = student_features.new_zeros(b * rows)
         return zero, zero
-    y = y[:, present]
-    counts = counts[:, present]
-    eps = 1e-5
-
-    def similarity(f: torch.Tensor) -> torch.Tensor:
-        f = f.reshape(b, -1, f.shape[1], y.shape[-1])  # (B, S, C, V)
-        proto = torch.einsum("bscv,bkv->bskc", f, y) / (counts[:, None, :, None] + eps)
-        # ||f||.clamp_min(eps) as sqrt(max(sum f^2, eps^2)): the same value and gradient,
-        # and on CPU 10x faster than norm's reduction over the channel axis.
-        f_unit = f / (f * f).sum(2, keepdim=True).clamp_min(eps * eps).sqrt()
-        p_unit = proto / proto.norm(dim=-1, keepdim=True).clamp_min(eps)
-        return torch.einsum("bscv,bskc->bskv", f_unit, p_unit)  # (B, S, K_b, V)
-
-    diff = similarity(student_features) - similarity(teacher_features.detach())
+    y = target_onehot[:, present]
+    teacher = teacher_features.detach()
+    s = similarity_maps(student_features, class_prototypes(student_features, y)).flatten(2)
+    t = similarity_maps(teacher, class_prototypes(teacher, y)).flatten(2)
+    diff = s.view(b, rows, *s.shape[1:]) - t.view(b, 1, *t.shape[1:])  # (B, S, K_b, V)
     loss = diff.pow(2).flatten(2).mean(-1).reshape(-1)
     distance = diff.detach().abs().flatten(2).mean(-1).reshape(-1)
     return loss, distance

@@ -1,4 +1,5 @@
-"""Relative preference, the task-wise gate and the gradient-wise beta update (docs/method.md D.2-D.3).
+"""Relative preference, the task-wise gate and the gradient-wise beta update
+(docs/method.md D.2-D.3).
 
 Pure functions plus :class:`PreferenceState`, the small per-run state that
 checkpoints save and the trainer calls :meth:`PreferenceState.end_epoch` on.
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 __all__ = [
+    "sample_relative_preference",
     "iteration_preference",
     "task_gate",
     "epoch_relative_preference",
@@ -32,33 +34,49 @@ __all__ = [
 ]
 
 
-def iteration_preference(
+def sample_relative_preference(
     distance: torch.Tensor, available: torch.Tensor, *, skip_degenerate: bool = True
 ) -> torch.Tensor:
-    """Per-iteration lag score ``sum_n a_nm (D_nm / Dbar_n - 1)`` = ``-sum_n a_nm RP_nm``.
+    """``RP_nm = 1 - D_nm / Dbar_n``, each student's preference within its sample.
 
     ``Dbar_n = sum_m a_nm D_nm / sum_m a_nm`` is the sample's mean distance over its
-    students. Positive means the modality lags behind the others in this batch.
+    students. RP > 0: modality m is closer to the teacher than the sample's average
+    (preferred); RP < 0: it lags. 0 where m is not a student.
 
     Args:
         distance: (B, M) distances D (0 where not a student).
         available: (B, M) bool, the students of each sample.
-        skip_degenerate: skip samples with fewer than two students or ``Dbar_n = 0``.
+        skip_degenerate: 0 for samples with fewer than two students or ``Dbar_n = 0``.
             With one student the student *is* the teacher, D = 0 and the official code
             divides 0 by 0: one such sample turns the whole batch's score into NaN and
-            switches the gate off for every modality (docs/method.md G.2). ``False`` reproduces that.
+            switches the gate off for every modality (docs/method.md G.2). ``False``
+            reproduces that.
 
     Returns:
-        (M,) score; ``> 0`` opens the task-wise gate.
+        (B, M) relative preferences.
     """
     a = available.to(distance.dtype)
     n_students = a.sum(1, keepdim=True)
     mean_d = (distance * a).sum(1, keepdim=True) / n_students
-    ratio = distance / mean_d - 1.0
+    rp = 1.0 - distance / mean_d
     if skip_degenerate:
         keep = (n_students > 1) & (mean_d > 0)
-        ratio = torch.where(keep, ratio, torch.zeros_like(ratio))
-    return (a * ratio).sum(0)
+        rp = torch.where(keep, rp, torch.zeros_like(rp))
+    return a * rp
+
+
+def iteration_preference(
+    distance: torch.Tensor, available: torch.Tensor, *, skip_degenerate: bool = True
+) -> torch.Tensor:
+    """Per-iteration lag score ``-sum_n a_nm RP_nm`` = ``sum_n a_nm (D_nm / Dbar_n - 1)``
+    (:func:`sample_relative_preference`). Positive means the modality lags behind the
+    others in this batch.
+
+    Returns:
+        (M,) score; ``> 0`` opens the task-wise gate.
+    """
+    rp = sample_relative_preference(distance, available, skip_degenerate=skip_degenerate)
+    return -rp.sum(0)
 
 
 def task_gate(score: torch.Tensor) -> torch.Tensor:

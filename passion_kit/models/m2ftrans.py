@@ -1,4 +1,5 @@
-"""M2FTrans (Shi et al., 2023) as used by PASSION (docs/method.md B.3), behind the backbone interface.
+"""M2FTrans (Shi et al., 2023) as used by PASSION (docs/method.md B.3), behind the backbone
+interface.
 
 Per-modality 5-level post-norm conv encoders; a masked bottleneck transformer over
 the modality tokens and learnable fusion tokens; attention-derived modality weights

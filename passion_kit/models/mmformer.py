@@ -1,4 +1,5 @@
-"""mmFormer (Zhang et al., MICCAI 2022) as used by PASSION (docs/method.md B.2), behind the interface.
+"""mmFormer (Zhang et al., MICCAI 2022) as used by PASSION (docs/method.md B.2), behind the
+interface.
 
 Per-modality hybrid encoders (a 5-level pre-norm conv encoder, then a one-layer
 intra-modal transformer on the coarsest level), an inter-modal transformer over the

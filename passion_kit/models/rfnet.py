@@ -1,4 +1,5 @@
-"""RFNet (Ding et al., ICCV 2021) as used by PASSION (docs/method.md B.1), behind the backbone interface.
+"""RFNet (Ding et al., ICCV 2021) as used by PASSION (docs/method.md B.1), behind the backbone
+interface.
 
 Per-modality U-Net encoders; a fusion decoder that, at each level, predicts a
 probabilistic region map (PRM) and fuses the modalities region by region

@@ -30,8 +30,9 @@ def test_learning_curve_profiles_and_compares_the_cpu_options(tmp_path):
     assert "machine: " in out and "bf16 autocast native on this CPU: " in out
     assert "op by op" in out and "conv backward" in out
     assert "fp32, PyTorch's one-sample conv kernel" in out
+    assert "fp32, plain PyTorch modules (train.fast_kernels=false)" in out
     from passion_kit.engine.runtime import cpu_has_native_bf16
 
     # emulated bf16 is timed only where asked: it can be 30x slower than fp32
-    for variant in ("bf16 autocast, channels-last", "bf16 autocast, PyTorch's pad"):
+    for variant in ("bf16 autocast, channels-last", "bf16 autocast, plain PyTorch modules"):
         assert (variant in out) == cpu_has_native_bf16()

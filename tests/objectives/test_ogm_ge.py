@@ -9,8 +9,9 @@ import torch
 from balance_helpers import BACKBONES, ToyBackbone, dominance_batch, train_backbone
 from torch import nn
 
-from passion_kit.balancing.common import comparable, relative_confidence, true_class_confidence
+from passion_kit.balancing.common import comparable, relative_confidence
 from passion_kit.balancing.ogm_ge import modulate_gradients, ogm_coefficients
+from passion_kit.method.students import true_class_confidence
 from passion_kit.models import available_backbones
 from passion_kit.objectives import build_objective
 

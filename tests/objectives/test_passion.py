@@ -112,7 +112,8 @@ def test_single_modality_samples_give_no_nan(any_net, batch_size):
     )
     result = official(_batch(masks, size=_size(net)), net)
     assert torch.isfinite(result.loss)
-    assert torch.isnan(result.per_modality["preference_score"]).all()  # docs/method.md G.2 reproduced
+    # docs/method.md G.2 reproduced
+    assert torch.isnan(result.per_modality["preference_score"]).all()
     assert result.per_modality["gate"].sum() == 0
 
 
