@@ -12,7 +12,8 @@ from passion_kit.balancing.ogm_ge import OGMGEObjective
 from passion_kit.balancing.pmr import PMRObjective
 from passion_kit.balancing.redcore import RedCoreObjective
 from passion_kit.method.base import StepResult
-from passion_kit.method.passion import BaselineObjective, PassionObjective
+from passion_kit.method.baseline import BaselineObjective
+from passion_kit.method.passion import PassionObjective
 
 __all__ = [
     "BaselineObjective",
