@@ -273,6 +273,8 @@ def _switches(cfg, steps: int, bf16: bool = True) -> list[tuple[str, float]]:
             net = net.to(memory_format=torch.channels_last_3d)
             x = image.contiguous(memory_format=torch.channels_last_3d)
         objective = build_objective(cfg.objective.name, num_modalities=4, num_classes=4)
+        if not options.get("plain"):
+            speed_up(objective.upsample)
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, amsgrad=True)
         batch = {"image": x, "label": label, "mask": mask}
 

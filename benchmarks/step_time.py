@@ -104,6 +104,8 @@ def _setup(args: argparse.Namespace, objective_name: str, plain: bool = False):
     objective = pk.objectives.build_objective(
         objective_name, num_modalities=net.num_modalities, num_classes=net.num_classes
     )
+    if not getattr(args, "plain_kernels", False):
+        speed_up(objective.upsample)  # the losses' Up, as build_objective_from does
     optimizer = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=1e-4, amsgrad=True)
     size = (args.patch_size,) * 3
     # IDT: FLAIR, T1c and T2 present, T1 missing (zeroed), for every sample

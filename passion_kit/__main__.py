@@ -65,6 +65,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     net = speed_up(pk.build_backbone("rfnet", patch_size=args.patch_size))  # faster kernels
     objective = pk.objectives.build_objective("passion", num_modalities=4, num_classes=4)
+    speed_up(objective.upsample)  # the losses' Up too
     optimizer = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=1e-4, amsgrad=True)
     masks = [BRATS.mask(i) for i in (14, 12, 10, 9)]  # all, flair+t1c+t2, flair+t1c+t1, flair+t1c
     print(

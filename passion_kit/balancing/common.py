@@ -30,6 +30,7 @@ from torch import nn
 from passion_kit.method.base import StepResult, check_batch, one_hot, reduce_batch, teacher_terms
 from passion_kit.method.students import separate_outputs
 from passion_kit.models.base import Backbone, FusionOut
+from passion_kit.models.blocks import Upsample
 
 __all__ = [
     "BalanceState",
@@ -244,6 +245,7 @@ class BalancingObjective:
         self.students = students
         self.reduction = reduction
         self.state = BalanceState(num_modalities, keys=self.record_keys)
+        self.upsample = Upsample()  # Up of the deep-level losses (fast.speed_up may swap it)
         # Set by the trainer under DDP: sums a tensor over ranks, so that per-step balance
         # statistics are those of the global batch (and identical on every rank).
         self.batch_reducer: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -308,7 +310,7 @@ class BalancingObjective:
             ``(loss, terms, sep)``: ``terms`` holds fuse, deep and the unweighted sep sum;
             ``sep`` is the (M,) per-modality unimodal loss, reduced over the batch.
         """
-        terms = teacher_terms(teacher, step.y, self.reduction)
+        terms = teacher_terms(teacher, step.y, self.reduction, self.upsample)
         sep = reduce_batch(step.sep_loss, self.reduction)
         terms["sep"] = sep.sum()
         weighted = terms["sep"] if sep_weights is None else (sep_weights.to(sep.device) * sep).sum()

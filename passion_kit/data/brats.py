@@ -1,5 +1,7 @@
 """BraTS2020 to the prepared format (docs/method.md A.4), from raw NIfTI or the RFNet npy layout.
 
+The BraTS 2023 layout is read too (``layout="brats2023"``, or detected with ``"auto"``).
+
 Raw layouts found under ``raw_root`` (searched recursively, so either root works):
 
 - official: ``MICCAI_BraTS2020_TrainingData/BraTS20_Training_001/BraTS20_Training_001_flair.nii.gz``
@@ -7,33 +9,48 @@ Raw layouts found under ``raw_root`` (searched recursively, so either root works
 - Kaggle: ``BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/BraTS20_Training_001/
   BraTS20_Training_001_flair.nii`` (uncompressed); case 355's label is misnamed
   ``W39_1998.09.19_Segm.nii``: a folder without ``_seg`` but with exactly one other NIfTI
-  whose name holds "seg" uses that file as its label (any other is refused as missing).
+  whose name holds "seg" uses that file as its label (any other is refused as missing);
+- BraTS 2023 (glioma, and the other 2023 sets named alike):
+  ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-t2f.nii.gz`` (also ``-t1c``, ``-t1n``, ``-t2w``,
+  ``-seg``), with t2f = FLAIR, t1c = T1c, t1n = T1, t2w = T2 and labels {0, 1 NETC,
+  2 SNFH, 3 ET}: 3 becomes the enhancing class, as 4 does for 2020, so both give the same
+  prepared arrays. Case ids are the folder names; the dataset is described as
+  ``brats2023`` (its ``label_mapping`` maps back to 3 when a prediction is exported), and
+  no case lists or missing-rate splits are written (the RFNet split lists 2020 cases):
+  write ``splits/*.txt`` and make the splits with ``data_scripts/make_missing_rate_split.py``.
 
 Case ids are the official list names (``HG_BraTS20_Training_001``; ``HG_`` if the case
 number is <= 259 or >= 336, else ``LG_``), so the shipped split files apply unchanged.
 
 Per case: the four modalities are stacked as [FLAIR, T1c, T1, T2], cropped to the
 non-zero box widened to >= 128 voxels per axis, z-scored on brain voxels; labels
-{0, 1, 2, 4} become {0, 1, 2, 3}. ``meta.json`` keeps the crop bounds, the original
-shape and affine, the normalisation statistics and the source files, so a prediction can
-be put back into the original NIfTI space
+{0, 1, 2, 4} (2023: {0, 1, 2, 3}) become {0, 1, 2, 3}. ``meta.json`` keeps the crop
+bounds, the original shape and affine, the normalisation statistics and the source
+files, so a prediction can be put back into the original NIfTI space
 (:func:`passion_kit.data.preprocess.uncrop`).
 
 Usage::
 
     python data_scripts/prepare_brats2020.py --raw ~/MICCAI_BraTS2020_TrainingData --workers 4
+    python data_scripts/prepare_brats2020.py --raw ~/BraTS2023-GLI-Training --layout brats2023
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from passion_kit.data.description import BRATS2020, DatasetDescription, save_description
+from passion_kit.data.description import (
+    BRATS2020,
+    DatasetDescription,
+    load_description,
+    save_description,
+)
 from passion_kit.data.prepared import (
     PreparedCase,
     prepare_all,
@@ -44,7 +61,12 @@ from passion_kit.data.preprocess import check_image, load_on_grid, map_labels, p
 from passion_kit.data.splits import read_split, shipped, write_split
 
 __all__ = [
+    "BRATS2023",
+    "BRATS2023_FILE_SUFFIX",
     "BRATS_FILE_SUFFIX",
+    "BRATS_LAYOUTS",
+    "LAYOUT_CHOICES",
+    "BratsLayout",
     "BratsSource",
     "RfnetSource",
     "brats2020_case_id",
@@ -55,6 +77,44 @@ __all__ = [
 
 # Kit modality -> file suffix in BraTS releases (T1c is "t1ce").
 BRATS_FILE_SUFFIX = {"flair": "flair", "t1c": "t1ce", "t1": "t1", "t2": "t2"}
+# Kit modality -> file suffix in BraTS 2023 (t2f = T2-FLAIR, t1n = native T1).
+BRATS2023_FILE_SUFFIX = {"flair": "t2f", "t1c": "t1c", "t1": "t1n", "t2": "t2w"}
+
+# BraTS 2023: 1 NETC, 2 SNFH (edema), 3 ET -> the classes of BraTS2020's 1, 2 and 4.
+BRATS2023 = replace(
+    BRATS2020,
+    name="brats2023",
+    label_mapping={0: 0, 1: 1, 2: 2, 3: 3},
+    source="BraTS 2023 training data (BraTS-GLI-XXXXX-XXX folders, -t1n/-t1c/-t2w/-t2f/-seg)",
+    version="2023",
+)
+
+
+@dataclass(frozen=True)
+class BratsLayout:
+    """How one BraTS release names its files: ``<folder><separator><suffix>.nii[.gz]``."""
+
+    name: str
+    separator: str
+    suffixes: Mapping[str, str]  # kit modality -> file suffix
+    description: DatasetDescription
+    example: str
+
+    def stem(self, folder: str, suffix: str) -> str:
+        return f"{folder}{self.separator}{suffix}"
+
+
+BRATS_LAYOUTS = {
+    "brats2020": BratsLayout(
+        "brats2020", "_", BRATS_FILE_SUFFIX, BRATS2020,
+        "BraTS20_Training_001/BraTS20_Training_001_flair.nii.gz",
+    ),
+    "brats2023": BratsLayout(
+        "brats2023", "-", BRATS2023_FILE_SUFFIX, BRATS2023,
+        "BraTS-GLI-00000-000/BraTS-GLI-00000-000-t2f.nii.gz",
+    ),
+}  # fmt: skip
+LAYOUT_CHOICES = ("auto", *BRATS_LAYOUTS)
 _NII = (".nii.gz", ".nii")
 _BRATS20 = re.compile(r"^BraTS20_Training_(\d{3})$")
 _UNLABELLED = re.compile(r"_(Validation|Testing)_\d+$")  # challenge sets without labels
@@ -80,6 +140,7 @@ class BratsSource:
     crop_mode: str = "official"
     modalities: tuple[str, ...] = BRATS2020.modalities.modalities
     label_mapping: dict[int, int] = field(default_factory=lambda: dict(BRATS2020.label_mapping))
+    layout: str = "brats2020"  # a key of BRATS_LAYOUTS
 
 
 def _find_nifti(folder: Path, stem: str) -> Path | None:
@@ -90,47 +151,78 @@ def _find_nifti(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def find_brats_cases(
-    raw_root: str | os.PathLike, *, crop_mode: str = "official"
-) -> list[BratsSource]:
-    """Every BraTS case folder under ``raw_root`` (official or Kaggle layout), sorted by id.
+def _layouts(layout: str) -> list[BratsLayout]:
+    if layout not in LAYOUT_CHOICES:
+        raise ValueError(f"layout must be one of {LAYOUT_CHOICES}, got {layout!r}")
+    return list(BRATS_LAYOUTS.values()) if layout == "auto" else [BRATS_LAYOUTS[layout]]
 
-    A case folder is one that holds ``<folder>_flair.nii[.gz]`` or any other modality;
-    the unlabelled challenge sets (``*_Validation_XXX``, ``*_Testing_XXX``) are skipped.
+
+def _case_of(folder: Path, names: set[str], lay: BratsLayout, crop_mode: str) -> BratsSource:
+    """The files of one case folder of layout ``lay``."""
+    files: dict[str, str | None] = {}
+    for mod, suffix in lay.suffixes.items():
+        p = _find_nifti(folder, lay.stem(folder.name, suffix))
+        files[mod] = str(p) if p else None
+    label = _find_nifti(folder, lay.stem(folder.name, "seg"))
+    if label is None and lay.name == "brats2020":  # Kaggle's case 355: "...Segm" NIfTI
+        stems = [*lay.suffixes.values(), "seg"]
+        known = {f"{lay.stem(folder.name, s)}{e}" for s in stems for e in _NII}
+        other = sorted(n for n in names if n.endswith(_NII) and n not in known)
+        # Only a file named as a segmentation: a brain mask must not become the label.
+        label = folder / other[0] if len(other) == 1 and "seg" in other[0].lower() else None
+    files["label"] = str(label) if label else None
+    cid = brats2020_case_id(folder.name) if lay.name == "brats2020" else folder.name
+    mapping = dict(lay.description.label_mapping)
+    return BratsSource(cid, str(folder), files, crop_mode, label_mapping=mapping, layout=lay.name)
+
+
+def find_brats_cases(
+    raw_root: str | os.PathLike, *, crop_mode: str = "official", layout: str = "auto"
+) -> list[BratsSource]:
+    """Every BraTS case folder under ``raw_root``, sorted by id.
+
+    A case folder is one that holds a file of its layout, e.g. ``<folder>_flair.nii[.gz]``
+    (2020, official or Kaggle) or ``<folder>-t2f.nii[.gz]`` (2023); the unlabelled 2020
+    challenge sets (``*_Validation_XXX``, ``*_Testing_XXX``) are skipped.
+
+    Args:
+        raw_root: the folder to search (recursively).
+        crop_mode: recorded in each source.
+        layout: ``"brats2020"``, ``"brats2023"`` or ``"auto"`` (whichever is found; a
+            folder holding both is refused).
 
     Raises:
         FileNotFoundError: if ``raw_root`` does not exist or holds no case folder.
+        ValueError: for an unknown layout, both layouts under ``raw_root`` with
+            ``"auto"``, or a case found twice.
     """
+    layouts = _layouts(layout)
     root = Path(raw_root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: raw BraTS folder not found")
-    stems = [*BRATS_FILE_SUFFIX.values(), "seg"]
-    sources = []
+    found: dict[str, list[BratsSource]] = {lay.name: [] for lay in layouts}
     for dirpath, _, filenames in os.walk(root):
         folder = Path(dirpath)
         names = set(filenames)
         if _UNLABELLED.search(folder.name):
             continue
-        if not any(f"{folder.name}_{s}{e}" in names for s in stems for e in _NII):
-            continue
-        files: dict[str, str | None] = {}
-        for mod, suffix in BRATS_FILE_SUFFIX.items():
-            p = _find_nifti(folder, f"{folder.name}_{suffix}")
-            files[mod] = str(p) if p else None
-        label = _find_nifti(folder, f"{folder.name}_seg")
-        if label is None:  # Kaggle's case 355: the one unrecognised "...Segm" NIfTI
-            known = {f"{folder.name}_{s}{e}" for s in stems for e in _NII}
-            other = sorted(n for n in names if n.endswith(_NII) and n not in known)
-            # Only a file named as a segmentation: a brain mask must not become the label.
-            label = folder / other[0] if len(other) == 1 and "seg" in other[0].lower() else None
-        files["label"] = str(label) if label else None
-        cid = brats2020_case_id(folder.name)
-        sources.append(BratsSource(cid, str(folder), files, crop_mode))
-    if not sources:
-        raise FileNotFoundError(
-            f"{root}: no BraTS case folder found (expected e.g. "
-            "BraTS20_Training_001/BraTS20_Training_001_flair.nii.gz)"
+        for lay in layouts:
+            stems = [*lay.suffixes.values(), "seg"]
+            if any(f"{lay.stem(folder.name, s)}{e}" in names for s in stems for e in _NII):
+                found[lay.name].append(_case_of(folder, names, lay, crop_mode))
+                break
+    present = [name for name, sources in found.items() if sources]
+    if not present:
+        examples = " or ".join(lay.example for lay in layouts)
+        raise FileNotFoundError(f"{root}: no BraTS case folder found (expected e.g. {examples})")
+    if len(present) > 1:
+        first = {name: Path(found[name][0].folder).name for name in present}
+        raise ValueError(
+            f"{root}: holds both BraTS 2020 ({first['brats2020']}) and BraTS 2023 "
+            f"({first['brats2023']}) case folders; prepare each into its own folder with "
+            f"layout brats2020 or brats2023 (--layout)"
         )
+    sources = found[present[0]]
     ids = [s.case_id for s in sources]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -139,20 +231,23 @@ def find_brats_cases(
 
 
 def _prepare_brats(source: BratsSource) -> PreparedCase:
+    lay = BRATS_LAYOUTS[source.layout]
     arrays, grid = [], None
     for mod in source.modalities:
         path = source.files.get(mod)
         if path is None:
             raise FileNotFoundError(
                 f"{source.folder}: missing modality file for {mod} "
-                f"(*_{BRATS_FILE_SUFFIX.get(mod, mod)}.nii or .nii.gz)"
+                f"(*{lay.separator}{lay.suffixes.get(mod, mod)}.nii or .nii.gz)"
             )
         data, grid = load_on_grid(path, grid)
         check_image(data, str(path))
         arrays.append(data.astype(np.float32))
     label_path = source.files.get("label")
     if label_path is None:
-        raise FileNotFoundError(f"{source.folder}: missing label file (*_seg.nii or .nii.gz)")
+        raise FileNotFoundError(
+            f"{source.folder}: missing label file (*{lay.separator}seg.nii or .nii.gz)"
+        )
     raw_label, _ = load_on_grid(label_path, grid)
     affine = grid[2]
     label = map_labels(raw_label, source.label_mapping, str(label_path))
@@ -160,7 +255,7 @@ def _prepare_brats(source: BratsSource) -> PreparedCase:
         source.case_id,
         np.stack(arrays),
         label,
-        dataset=BRATS2020.name,
+        dataset=lay.description.name,
         affine=affine,
         crop_mode=source.crop_mode,
         source_files=source.files,
@@ -247,12 +342,18 @@ def prepare_brats2020(
     workers: int = 1,
     crop_mode: str = "official",
     progress: bool = True,
+    layout: str = "auto",
 ) -> list[str]:
-    """Prepare BraTS2020 under ``out`` from raw NIfTI (``raw_root``) or RFNet npy (``rfnet_root``).
+    """Prepare BraTS under ``out`` from raw NIfTI (``raw_root``) or RFNet npy (``rfnet_root``).
 
-    Also writes the official case lists and the eight official missing-rate splits (in
-    the readable CSV format) under ``out/splits`` and ``out/dataset.json``. Resumable:
-    cases already under ``out/cases`` are left untouched.
+    For BraTS2020 (raw or npy) also writes the official case lists and the eight official
+    missing-rate splits (in the readable CSV format) under ``out/splits``; for the BraTS
+    2023 layout, no splits (module docstring). Always writes ``out/dataset.json``.
+    Resumable: cases already under ``out/cases`` are left untouched.
+
+    Args:
+        layout: of ``raw_root``: ``"brats2020"``, ``"brats2023"`` or ``"auto"`` (detected);
+            the npy layout is BraTS2020's.
 
     Returns:
         The ids of the cases prepared by this call.
@@ -260,17 +361,32 @@ def prepare_brats2020(
     Raises:
         PreparationError: listing every case that failed and why (naming the file); the
             other cases are prepared, the failed ones leave nothing behind.
+        ValueError: if ``out`` already holds another dataset (``dataset.json``).
     """
     if (raw_root is None) == (rfnet_root is None):
         raise ValueError("give exactly one of raw_root (NIfTI) and rfnet_root (npy)")
     out = Path(out)
     if raw_root is not None:
-        sources = find_brats_cases(raw_root, crop_mode=crop_mode)
+        sources = find_brats_cases(raw_root, crop_mode=crop_mode, layout=layout)
+        description = BRATS_LAYOUTS[sources[0].layout].description
         fn = _prepare_brats
     else:
+        if layout not in ("auto", "brats2020"):
+            raise ValueError(f"the RFNet npy layout holds BraTS2020 cases, not layout {layout!r}")
         sources = find_rfnet_cases(rfnet_root)
+        description = BRATS2020
         fn = _prepare_rfnet
-    save_description(BRATS2020, out)
-    _write_brats_splits(out, BRATS2020)
+    if (out / "dataset.json").is_file():
+        held = load_description(out).name
+        if held != description.name:
+            raise ValueError(
+                f"{out / 'dataset.json'}: holds {held}, not {description.name}; "
+                "prepare into another folder"
+            )
+    save_description(description, out)
+    if description.name == BRATS2020.name:
+        _write_brats_splits(out, description)
     ids = [s.case_id for s in sources]
-    return prepare_all(sources, ids, fn, out, workers=workers, progress=progress, desc="brats2020")
+    return prepare_all(
+        sources, ids, fn, out, workers=workers, progress=progress, desc=description.name
+    )

@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from passion_kit.config import PLACE_KEYS, ExperimentConfig
 from passion_kit.data import PreparedDataset, load_description
 from passion_kit.data.description import DatasetDescription
-from passion_kit.engine.runtime import reuse_freed_memory
+from passion_kit.engine.runs import build_model, check_compatible, load_checkpoint
+from passion_kit.engine.runtime import amp_dtype, reuse_freed_memory, select_device
 from passion_kit.io import (
     atomic_write_text,
     check_writable,
@@ -345,8 +346,6 @@ class LoadedRun:
     @property
     def amp(self) -> torch.dtype | None:
         """The autocast dtype of the run's predictions (``eval.amp``) on its device."""
-        from passion_kit.engine.runtime import amp_dtype
-
         return amp_dtype(self.cfg.eval.amp, self.device, "eval.amp")
 
 
@@ -358,9 +357,6 @@ def load_run(
     device: str = "auto",
 ) -> LoadedRun:
     """A run's config and trained backbone (eval mode, on ``device``) and its dataset."""
-    from passion_kit.engine.runs import build_model, check_compatible, load_checkpoint
-    from passion_kit.engine.runtime import select_device
-
     ckpt_path = Path(checkpoint) if checkpoint else Path(run_dir) / "checkpoint_last.pt"
     state = load_checkpoint(ckpt_path)
     cfg = ExperimentConfig.from_dict(state["config"], source=str(ckpt_path))

@@ -53,6 +53,7 @@ from passion_kit.engine.runtime import (
     reuse_freed_memory,
     select_device,
 )
+from passion_kit.fast import speed_up
 from passion_kit.io import (
     atomic_torch_save,
     atomic_write_text,
@@ -312,8 +313,11 @@ def build_objective_from(cfg: ExperimentConfig, num_modalities: int, num_classes
         options = dict(o.options)
         if o.name == "ogm_ge":
             options.setdefault("seed", cfg.train.seed)  # its gradient noise
-        return build_objective(
-            o.name, num_modalities=num_modalities, num_classes=num_classes, **options
+        return _fast(
+            cfg,
+            build_objective(
+                o.name, num_modalities=num_modalities, num_classes=num_classes, **options
+            ),
         )
     official = Deviations.official(cfg.data.setting)
     deviations = Deviations(
@@ -347,9 +351,17 @@ def build_objective_from(cfg: ExperimentConfig, num_modalities: int, num_classes
     else:
         options.update(track_distance=o.track_distance)
     options.update(o.options)
-    return build_objective(
+    objective = build_objective(
         o.name, num_modalities=num_modalities, num_classes=num_classes, **options
     )
+    return _fast(cfg, objective)
+
+
+def _fast(cfg: ExperimentConfig, objective):
+    """The objective with its losses' Up on the fast kernel if ``train.fast_kernels``."""
+    if cfg.train.fast_kernels and isinstance(getattr(objective, "upsample", None), nn.Module):
+        speed_up(objective.upsample)
+    return objective
 
 
 def eta_scale(cfg: ExperimentConfig) -> float:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from passion_kit.method.losses import deep_supervision_loss, segmentation_loss
+from passion_kit.method.losses import Up, deep_supervision_loss, segmentation_loss, upsample
 from passion_kit.models.base import FusionOut
 
 __all__ = ["StepResult", "one_hot", "check_batch", "reduce_batch", "teacher_terms"]
@@ -78,13 +78,15 @@ def reduce_batch(x: torch.Tensor, reduction: str) -> torch.Tensor:
     return x.mean(0) if reduction == "mean" else x.sum(0)
 
 
-def teacher_terms(teacher: FusionOut, y: torch.Tensor, reduction: str) -> dict[str, torch.Tensor]:
+def teacher_terms(
+    teacher: FusionOut, y: torch.Tensor, reduction: str, up: Up = upsample
+) -> dict[str, torch.Tensor]:
     """``L_fuse`` and ``L_ds`` of the multi-modal (teacher) rows, reduced over the batch
     (docs/method.md C.3): weighted CE + Dice of the fused prediction, and the same on
     each deep level's upsampled prediction with weights 1/2, 1/4, ..."""
     return {
         "fuse": reduce_batch(segmentation_loss(F.softmax(teacher.logits.float(), 1), y), reduction),
         "deep": reduce_batch(
-            deep_supervision_loss([d.float() for d in teacher.deep], y), reduction
+            deep_supervision_loss([d.float() for d in teacher.deep], y, up=up), reduction
         ),
     }

@@ -28,6 +28,7 @@ from passion_kit.method.losses import prototype_distillation
 from passion_kit.method.preference import PreferenceState
 from passion_kit.method.students import separate_outputs, student_masks
 from passion_kit.models.base import Backbone
+from passion_kit.models.blocks import Upsample
 
 __all__ = ["BaselineObjective", "Deviations", "Step"]
 
@@ -151,6 +152,8 @@ class BaselineObjective:
         self.track_distance = track_distance
         self.track_every = track_every
         self._calls = 0  # fusion steps so far (after warm-up), for track_every
+        # Up of the deep-level losses: a module, so that fast.speed_up can swap its kernel
+        self.upsample = Upsample()
         # Set by the trainer under DDP: sums a (M,) tensor over ranks, so the per-iteration
         # preference and gate are those of the global batch.
         self.batch_reducer = None
@@ -224,7 +227,7 @@ class BaselineObjective:
         measure = self.track_distance and self._calls % self.track_every == 0
         self._calls += 1
         out = backbone.fuse(step.feats, student_masks(step.mask, [], teacher=True))
-        terms = teacher_terms(out, step.y, self.deviations.reduction)
+        terms = teacher_terms(out, step.y, self.deviations.reduction, self.upsample)
         sep = self._reduce(step.sep)
         loss = terms["fuse"] + terms["deep"] + self.weight_sep * sep.sum()
         per_mod = {"sep": sep.detach()}

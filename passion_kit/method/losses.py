@@ -6,7 +6,7 @@ Conventions shared by all functions:
 - ``target_onehot`` is a float or bool one-hot tensor (B, K, *spatial).
 - Reductions over the batch are left to the caller (PASSION averages by default;
   the official code sums, docs/method.md G.6).
-- ``size`` upsamples predictions to the target grid first (trilinear,
+- ``size`` upsamples predictions to the target grid first with ``up`` (``Up``: trilinear,
   ``align_corners=True``), as the official deep supervision does with its probabilities.
 
 The clamps (0.005 for the log), epsilons (1e-7 Dice, 1e-5 prototypes) and the
@@ -15,7 +15,7 @@ The clamps (0.005 for the log), epsilons (1e-7 Dice, 1e-5 prototypes) and the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +39,16 @@ PROB_CLAMP = 0.005
 
 
 def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """``Up``: trilinear interpolation to ``size`` with ``align_corners=True``."""
+    """``Up``: trilinear interpolation to ``size`` with ``align_corners=True``.
+
+    The default ``up`` of the functions below; the objectives pass their own
+    :class:`~passion_kit.models.blocks.Upsample` module, which
+    :func:`passion_kit.fast.speed_up` can swap for a faster kernel.
+    """
     return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=True)
+
+
+Up = Callable[[torch.Tensor, Sequence[int]], torch.Tensor]
 
 
 def _spatial_dims(x: torch.Tensor) -> tuple[int, ...]:
@@ -102,7 +110,7 @@ def deep_supervision_weights(levels: int) -> list[float]:
 
 
 def deep_supervision_loss(
-    deep_logits: Sequence[torch.Tensor], target_onehot: torch.Tensor
+    deep_logits: Sequence[torch.Tensor], target_onehot: torch.Tensor, *, up: Up = upsample
 ) -> torch.Tensor:
     """``sum_l 2^-l [wCE + Dice](Up(softmax(Q_l)))`` over the backbone's levels
     (docs/method.md C.3).
@@ -117,15 +125,17 @@ def deep_supervision_loss(
     size = target_onehot.shape[2:]
     total = target_onehot.new_zeros(target_onehot.shape[0], dtype=deep_logits[0].dtype)
     for w, logits in zip(deep_supervision_weights(len(deep_logits)), deep_logits, strict=True):
-        total = total + w * segmentation_loss(upsample(F.softmax(logits, 1), size), target_onehot)
+        total = total + w * segmentation_loss(up(F.softmax(logits, 1), size), target_onehot)
     return total
 
 
-def soft_probabilities(logits: torch.Tensor, temperature: float, size=None) -> torch.Tensor:
+def soft_probabilities(
+    logits: torch.Tensor, temperature: float, size=None, *, up: Up = upsample
+) -> torch.Tensor:
     """``clamp(Up(softmax(z / T)), 0.005, 1)``: clamped after upsampling, not renormalised."""
     p = F.softmax(logits / temperature, dim=1)
     if size is not None:
-        p = upsample(p, size)
+        p = up(p, size)
     return p.clamp(PROB_CLAMP, 1.0)
 
 
@@ -145,6 +155,7 @@ def kl_map(
     temperature: float,
     *,
     size: Sequence[int] | None = None,
+    up: Up = upsample,
 ) -> torch.Tensor:
     """Per-voxel pixel-wise distillation ``T^2 mean_c p_t (log p_t - log p_s)``
     (docs/method.md C.4).
@@ -157,7 +168,7 @@ def kl_map(
         student_logits: (B * S, K, *sp) student logits.
         teacher_logits: (B, K, *sp) teacher logits (row r of the student uses row r // S).
         temperature: T.
-        size: upsample both to this size first (the deep levels).
+        size: upsample both to this size first with ``up`` (the deep levels).
 
     Returns:
         (B * S, *sp) the map of each student.
@@ -167,8 +178,8 @@ def kl_map(
     )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    p_s = soft_probabilities(student_logits, temperature, size)
-    p_t = soft_probabilities(teacher_logits.detach(), temperature, size)
+    p_s = soft_probabilities(student_logits, temperature, size, up=up)
+    p_t = soft_probabilities(teacher_logits.detach(), temperature, size, up=up)
     b, k, sp = p_t.shape[0], p_t.shape[1], p_t.shape[2:]
     p_s = p_s.view(b, rows, k, *sp)
     p_t = p_t.view(b, 1, k, *sp)
@@ -182,6 +193,7 @@ def temperature_kl(
     temperature: float,
     *,
     size: Sequence[int] | None = None,
+    up: Up = upsample,
 ) -> torch.Tensor:
     """Temperature-scaled KL(teacher || student), the mean of :func:`kl_map` over the voxels
     (docs/method.md C.4): ``T^2 mean_{c,v} p_t (log p_t - log p_s)``, 1/K of the usual
@@ -190,7 +202,8 @@ def temperature_kl(
     Returns:
         (B * S,) loss per student row.
     """
-    return kl_map(student_logits, teacher_logits, temperature, size=size).flatten(1).mean(1)
+    kl = kl_map(student_logits, teacher_logits, temperature, size=size, up=up)
+    return kl.flatten(1).mean(1)
 
 
 def pixel_distillation(
@@ -199,6 +212,8 @@ def pixel_distillation(
     teacher_logits: torch.Tensor,
     teacher_deep: Sequence[torch.Tensor],
     temperature: float,
+    *,
+    up: Up = upsample,
 ) -> torch.Tensor:
     """``L_pix = KL_T(P^m <- P) + sum_l 2^-l KL_T(Up(Q_l^m) <- Up(Q_l))`` (docs/method.md C.4).
 
@@ -212,7 +227,7 @@ def pixel_distillation(
     total = temperature_kl(student_logits, teacher_logits, temperature)
     weights = deep_supervision_weights(len(student_deep))
     for w, s, t in zip(weights, student_deep, teacher_deep, strict=True):
-        total = total + w * temperature_kl(s, t, temperature, size=size)
+        total = total + w * temperature_kl(s, t, temperature, size=size, up=up)
     return total
 
 

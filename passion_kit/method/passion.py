@@ -84,7 +84,8 @@ class PassionObjective(BaselineObjective):
         mods = self._student_modalities(step)
         rows = 1 + len(mods)
         out = backbone.fuse(step.feats, student_masks(step.mask, mods, teacher=True))
-        terms = teacher_terms(out.rows(slice(0, None, rows)), step.y, self.deviations.reduction)
+        teacher = out.rows(slice(0, None, rows))
+        terms = teacher_terms(teacher, step.y, self.deviations.reduction, self.upsample)
         loss = terms["fuse"] + terms["deep"]
 
         l_pix, l_proto, distance = self._student_losses(out, rows, mods, step)
@@ -135,7 +136,12 @@ class PassionObjective(BaselineObjective):
         deep = [split(d) for d in out.deep]
         s_feat, t_feat = split(out.feature)
         pix = pixel_distillation(
-            s_logits, [d[0] for d in deep], t_logits, [d[1] for d in deep], self.temperature
+            s_logits,
+            [d[0] for d in deep],
+            t_logits,
+            [d[1] for d in deep],
+            self.temperature,
+            up=self.upsample,
         )
         proto, dist = prototype_distillation(s_feat, t_feat, step.y)
         weight = self._real_students(step).float()
