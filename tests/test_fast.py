@@ -277,3 +277,37 @@ def test_plain_upsample_is_trilinear_interpolation_with_aligned_corners():
     expected = F.interpolate(x, size=(6, 8, 10), mode="trilinear", align_corners=True)
     torch.testing.assert_close(Upsample()(x, (6, 8, 10)), expected, rtol=0, atol=0)
     torch.testing.assert_close(FastUpsample()(x, (6, 8, 10)), expected, rtol=0, atol=1e-12)
+
+
+def test_train_fast_kernels_switches_the_model_and_the_losses_up():
+    from passion_kit.config import ExperimentConfig
+    from passion_kit.engine.runs import build_model
+    from passion_kit.engine.train import build_objective_from
+
+    cfg = ExperimentConfig.preset("cpu")
+    kinds = {type(m) for m in build_model(cfg, 4, 4).modules()}
+    assert {Conv3d, InstanceNorm3d, FastUpsample} <= kinds
+    assert type(build_objective_from(cfg, 4, 4).upsample) is FastUpsample
+    plain_cfg = cfg.override(["train.fast_kernels=false"])
+    kinds = {type(m) for m in build_model(plain_cfg, 4, 4).modules()}
+    assert not {Conv3d, InstanceNorm3d, FastUpsample} & kinds
+    assert type(build_objective_from(plain_cfg, 4, 4).upsample) is Upsample
+
+
+def test_the_losses_with_the_fast_up_equal_the_plain_ones():
+    from passion_kit.method import losses
+
+    torch.manual_seed(0)
+    y = F.one_hot(torch.randint(0, 4, (2, 16, 16, 16)), 4).movedim(-1, 1).float()
+    deep = [torch.randn(2, 4, s, s, s, dtype=torch.float64) for s in (8, 4, 2)]
+    student = [torch.randn(6, 4, s, s, s, dtype=torch.float64) for s in (16, 8, 4, 2)]
+    teacher = [torch.randn(2, 4, s, s, s, dtype=torch.float64) for s in (16, 8, 4, 2)]
+    fast = FastUpsample()
+    torch.testing.assert_close(
+        losses.deep_supervision_loss(deep, y.double(), up=fast),
+        losses.deep_supervision_loss(deep, y.double()),
+    )
+    args = (student[0], student[1:], teacher[0], teacher[1:], 4.0)
+    torch.testing.assert_close(
+        losses.pixel_distillation(*args, up=fast), losses.pixel_distillation(*args)
+    )
