@@ -289,11 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         "--debug", action="store_true", help="show the Python traceback of an error"
     )
     args = parser.parse_args(argv)
-    from passion_kit.io import NoSpaceError
+    from passion_kit.io import NoSpaceError, RunInUseError
 
     try:
         return args.func(args)
-    except (*USER_ERRORS, NoSpaceError) as exc:
+    except (*USER_ERRORS, NoSpaceError, RunInUseError) as exc:
         if args.debug:
             raise
         # A user error (a bad file, key or value): its message names what is wrong, so

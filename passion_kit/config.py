@@ -263,22 +263,22 @@ class ExperimentConfig:
 
     # --- derived values -----------------------------------------------------------------
     def dataset_root(self) -> Path:
+        from passion_kit.io import check_name
+
         if self.data.root:
             return Path(self.data.root)
         base = os.environ.get("PASSION_KIT_DATA", "./data")
-        return Path(base) / self.data.dataset
+        return Path(base) / check_name(self.data.dataset, "data.dataset")
 
     def run_name(self) -> str:
+        """The run folder's name: ``train.name``, or one built from the data and model."""
+        from passion_kit.io import check_name
+
         if self.train.name:
-            name = self.train.name
-            if name in (".", "..") or "/" in name or "\\" in name:
-                raise ValueError(
-                    f"train.name must be a folder name, not a path, got {name!r} "
-                    f"(train.run_dir sets where runs go)"
-                )
-            return name
+            return check_name(self.train.name, "train.name (train.run_dir sets where runs go)")
         d, m, o, t = self.data, self.model, self.objective, self.train
-        return f"{d.dataset}_{m.backbone}_{o.name}_{d.setting}_s{t.seed}"
+        name = f"{d.dataset}_{m.backbone}_{o.name}_{d.setting}_s{t.seed}"
+        return check_name(name, "the run name built from data.dataset and model.backbone")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -297,6 +297,17 @@ def _finite(low: float, *, strict: bool = False, high: float | None = None):
 
 
 _AMP = ("auto", "fast", "off", "bf16", "fp16")
+
+
+def _is_name(v: Any) -> bool:
+    """A folder or file name: not empty, no path separator, not . or .., <= 255 bytes."""
+    from passion_kit.io import check_name
+
+    try:
+        check_name(v, "")
+    except ValueError:
+        return False
+    return True
 
 
 def _one_of(*choices: str):
@@ -336,6 +347,15 @@ _RANGES: dict[str, tuple[str, Any]] = {
     "objective.epoch_distance": (
         "modality, iteration or official",
         _one_of("modality", "iteration", "official"),
+    ),
+    "data.dataset": ("a folder name (no path, not . or ..)", _is_name),
+    "data.train_split": ("a split name (no path, not . or ..)", _is_name),
+    "data.test_split": ("a split name (no path, not . or ..)", _is_name),
+    "train.name": ("'' or a folder name (no path, not . or ..)", lambda v: v == "" or _is_name(v)),
+    "train.optimizer": ("adamw or adam", _one_of("adamw", "adam")),
+    "objective.beta_range": (
+        "two numbers 0 < low < high",
+        lambda v: len(v) == 2 and all(math.isfinite(b) for b in v) and 0 < v[0] < v[1],
     ),
     "train.amp": ("auto, fast, off, bf16 or fp16", _one_of(*_AMP)),
     "eval.amp": ("auto, fast, off, bf16 or fp16", _one_of(*_AMP)),

@@ -7,6 +7,7 @@ import errno
 import io
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,10 @@ __all__ = [
     "remove_stale_temps",
     "check_writable",
     "check_free_space",
+    "check_name",
+    "inside",
+    "RunInUseError",
+    "RunLock",
     "atomic_write_text",
     "atomic_torch_save",
     "write_csv",
@@ -30,6 +35,97 @@ __all__ = [
 ]
 
 TMP_PREFIX = ".tmp-"
+LOCK_NAME = ".lock"
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` if it can be one part of a path: not empty, no separator, not ``.``/``..``,
+    at most 255 bytes; else a ValueError naming ``what``."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{what} must be a non-empty name, got {name!r}")
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"{what} must be a name, not a path, got {name!r}")
+    if len(name.encode()) > 255:
+        raise ValueError(f"{what} is {len(name.encode())} bytes long; a name has at most 255")
+    return name
+
+
+def inside(root: str | os.PathLike, *parts: str, what: str) -> Path:
+    """``root / parts``, refused unless it resolves inside ``root`` (symlinks followed)."""
+    base = Path(root).resolve()
+    path = base.joinpath(*parts).resolve()
+    if path != base and base not in path.parents:
+        raise ValueError(f"{what} {Path(*parts)} leads outside {root}: refused")
+    return path
+
+
+class RunLock:
+    """One process per folder: a lock file holding the holder's PID and host.
+
+    Taken with ``O_EXCL`` before anything in the folder is written or cleaned; a second
+    process stops with a line naming the holder. A lock left by a process that has died
+    on this host is taken over with a notice. Use as a context manager.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str = "this run") -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.what = what
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except PermissionError:
+                raise PermissionError(f"{self.folder}: cannot write its lock file there") from None
+            except FileExistsError:
+                if not self._stale():
+                    raise RunInUseError(
+                        f"{self.folder} is in use by {self._holder()} ({self.what}); wait for "
+                        f"it to end, or delete {self.path} if that process is gone"
+                    ) from None
+                print(f"notice: {self.path} was left by {self._holder()}, which has ended")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me + "\n")
+            self.held = True
+            return self
+        raise RuntimeError(f"{self.path}: could not take the lock")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _holder(self) -> str:
+        try:
+            pid, host = self.path.read_text().split()[:2]
+        except (OSError, ValueError):
+            return "an unknown process"
+        return f"process {pid} on {host}"
+
+    def _stale(self) -> bool:
+        """Whether the lock's holder is a process of this host that no longer runs."""
+        try:
+            pid, host = self.path.read_text().split()[:2]
+            pid = int(pid)
+        except (OSError, ValueError):
+            return False
+        if host != socket.gethostname():
+            return False
+        if pid == os.getpid():
+            return False  # this process holds it already
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
 
 def umask() -> int:
@@ -37,6 +133,10 @@ def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+class RunInUseError(RuntimeError):
+    """Another live process holds the folder's lock (:class:`RunLock`)."""
 
 
 class NoSpaceError(OSError):

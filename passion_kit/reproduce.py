@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from passion_kit.engine.grid import Grid, grid_points, point_name
-from passion_kit.io import atomic_write_text, markdown_table
+from passion_kit.io import atomic_write_text, check_name, inside, markdown_table
 
 __all__ = [
     "Grid",
@@ -190,9 +190,11 @@ def reproduce(
             f"(git clone, then pip install -e .)"
         )
     out = Path(out).resolve()
+    points = grid_points(grid)
+    for params in points:  # a point's name becomes its notebook's and run's folder names
+        inside(out, "runs", check_name(params["name"], "a grid point's name"), what="the run")
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     start_dir = os.getcwd()
-    points = grid_points(grid)
     todo = []
     for i, params in enumerate(points, 1):
         if _summary(out, params["name"]).exists():

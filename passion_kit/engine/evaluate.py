@@ -58,8 +58,11 @@ from passion_kit.data.description import DatasetDescription
 from passion_kit.engine.runs import build_model, check_compatible, load_checkpoint
 from passion_kit.engine.runtime import amp_dtype, reuse_freed_memory, select_device
 from passion_kit.io import (
+    RunLock,
     atomic_write_text,
+    check_name,
     check_writable,
+    inside,
     markdown_table,
     remove_stale_temps,
 )
@@ -508,38 +511,41 @@ def evaluate_run(
         _check_same_run(run, Path(checkpoint), cfg)
     if data_root is not None:
         _check_same_dataset(Path(data_root), loaded.description, cfg)
-    split = split or cfg.data.test_split
+    split = check_name(split or cfg.data.test_split, "the split")
     dataset = PreparedDataset(loaded.root, split, setting="full")
+    inside(run, "eval", split, what="the evaluation folder of split")
     out = run / "eval" / split
     check_writable(out, "the evaluation tables")  # before minutes of computing
-    remove_stale_temps(out)
-    started = time.perf_counter()
-    per_case = evaluate_cases(
-        backbone,
-        dataset,
-        window=cfg.eval.window,
-        overlap=cfg.eval.overlap,
-        sw_batch_size=cfg.eval.sw_batch_size,
-        chunk=cfg.eval.mask_chunk,
-        hd95_convention=hd95_convention or cfg.eval.hd95,
-        etpro_threshold=cfg.eval.etpro_threshold,
-        device=dev,
-        amp=loaded.amp,
-        max_cases=cfg.eval.max_cases if max_cases is None else max_cases,
-        progress=progress,
-    )
-    summary = summarize(per_case)
-    paths = {
-        "per_case": out / "per_case.csv",
-        "summary": out / "summary.csv",
-        "markdown": out / "summary.md",
-    }
-    atomic_write_text(paths["per_case"], per_case.to_csv(index=False))
-    atomic_write_text(paths["summary"], summary.to_csv(index=False))
-    cases = per_case["case_id"].nunique()
-    title = (
-        f"{cfg.run_name()}: {cases} {split} cases, epoch {state['epoch']}, "
-        f"HD95 convention {hd95_convention or cfg.eval.hd95}, {time.perf_counter() - started:.0f} s"
-    )
-    atomic_write_text(paths["markdown"], f"# {title}\n\n{markdown_table(summary)}\n")
-    return paths
+    with RunLock(run, "an evaluation of this run"):  # one process writes its tables
+        remove_stale_temps(out)
+        started = time.perf_counter()
+        per_case = evaluate_cases(
+            backbone,
+            dataset,
+            window=cfg.eval.window,
+            overlap=cfg.eval.overlap,
+            sw_batch_size=cfg.eval.sw_batch_size,
+            chunk=cfg.eval.mask_chunk,
+            hd95_convention=hd95_convention or cfg.eval.hd95,
+            etpro_threshold=cfg.eval.etpro_threshold,
+            device=dev,
+            amp=loaded.amp,
+            max_cases=cfg.eval.max_cases if max_cases is None else max_cases,
+            progress=progress,
+        )
+        summary = summarize(per_case)
+        paths = {
+            "per_case": out / "per_case.csv",
+            "summary": out / "summary.csv",
+            "markdown": out / "summary.md",
+        }
+        atomic_write_text(paths["per_case"], per_case.to_csv(index=False))
+        atomic_write_text(paths["summary"], summary.to_csv(index=False))
+        cases = per_case["case_id"].nunique()
+        seconds = time.perf_counter() - started
+        title = (
+            f"{cfg.run_name()}: {cases} {split} cases, epoch {state['epoch']}, "
+            f"HD95 convention {hd95_convention or cfg.eval.hd95}, {seconds:.0f} s"
+        )
+        atomic_write_text(paths["markdown"], f"# {title}\n\n{markdown_table(summary)}\n")
+        return paths

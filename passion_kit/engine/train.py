@@ -21,6 +21,7 @@ with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -55,9 +56,12 @@ from passion_kit.engine.runtime import (
 )
 from passion_kit.fast import speed_up
 from passion_kit.io import (
+    RunLock,
     atomic_torch_save,
     atomic_write_text,
     check_free_space,
+    check_writable,
+    inside,
     remove_stale_temps,
     write_csv,
 )
@@ -87,26 +91,22 @@ def fit(cfg: ExperimentConfig, *, stop_after: int | None = None) -> Path:
             resumed by calling :func:`fit` again with the same config).
     """
     run = _set_up(cfg)
-    start_epoch, history = _open_run(run)
-    for done, epoch in enumerate(range(start_epoch, cfg.train.epochs)):
-        if stop_after is not None and done >= stop_after:
-            break
-        sums, mod_sums, lr, iterations, seconds = _train_one_epoch(run, epoch)
-        if run.world > 1 and hasattr(getattr(run.objective, "state", None), "synchronize"):
-            # The epoch's statistics of the global batch, so every rank updates alike.
-            run.objective.state.synchronize(lambda t: _sum(t.to(run.device)).cpu())
-        record = run.objective.end_epoch()  # PASSION: the beta update
-        row = {"epoch": epoch, "lr": lr, "time_s": round(seconds, 3), "iterations": iterations}
-        history["epoch"].append(row | {key: value / iterations for key, value in sums.items()})
-        for i, name in enumerate(run.dataset.description.modalities.modalities):
-            row = {"epoch": epoch, "modality": name}
-            row |= {key: values[i] for key, values in record.items()}
-            row |= {f"loss_{key}": float(v[i]) / iterations for key, v in mod_sums.items()}
-            history["modality"].append(row)
-        if run.rank == 0:
-            print(_epoch_line(epoch, cfg.train.epochs, history["epoch"][-1], record), flush=True)
-            _save(run, history, epoch)
-            _save_meta(run, history, epoch)
+    with _exclusive(run):  # one process per run folder
+        start_epoch, history = _open_run(run)
+        for done, epoch in enumerate(range(start_epoch, cfg.train.epochs)):
+            if stop_after is not None and done >= stop_after:
+                break
+            sums, mod_sums, lr, iterations, seconds = _train_one_epoch(run, epoch)
+            record = _close_epoch(run)  # PASSION: the beta update
+            row = {"epoch": epoch, "lr": lr, "time_s": round(seconds, 3), "iterations": iterations}
+            history["epoch"].append(row | {key: value / iterations for key, value in sums.items()})
+            history["modality"] += _modality_rows(run, epoch, record, mod_sums, iterations)
+            if run.rank == 0:
+                print(
+                    _epoch_line(epoch, cfg.train.epochs, history["epoch"][-1], record), flush=True
+                )
+                _save(run, history, epoch)
+                _save_meta(run, history, epoch)
     if run.world > 1:
         _check_replicas_agree(run.backbone)
         dist.barrier()
@@ -159,12 +159,39 @@ def _set_up(cfg: ExperimentConfig) -> _Run:
     )
     amp = amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    inside(cfg.train.run_dir, cfg.run_name(), what="the run folder")
     files = RunFiles(Path(cfg.train.run_dir) / cfg.run_name())
     machine = machine_summary(device, amp)
     return _Run(
         cfg, device, rank, world, dataset, backbone, objective, optimizer, scaler, amp,
         machine, files, _Step(backbone, objective), None,
     )  # fmt: skip
+
+
+def _close_epoch(run: _Run) -> dict[str, list[float]]:
+    """The objective's end of epoch (under DDP on the global batch's statistics)."""
+    if run.world > 1 and hasattr(getattr(run.objective, "state", None), "synchronize"):
+        run.objective.state.synchronize(lambda t: _sum(t.to(run.device)).cpu())
+    return run.objective.end_epoch()
+
+
+def _modality_rows(run: _Run, epoch: int, record: dict, mod_sums: dict, iterations: int):
+    """One history row per modality: the objective's record and the mean loss terms."""
+    rows = []
+    for i, name in enumerate(run.dataset.description.modalities.modalities):
+        row = {"epoch": epoch, "modality": name}
+        row |= {key: values[i] for key, values in record.items()}
+        row |= {f"loss_{key}": float(v[i]) / iterations for key, v in mod_sums.items()}
+        rows.append(row)
+    return rows
+
+
+def _exclusive(run: _Run):
+    """The run folder's lock (rank 0; after a check that the folder can be written)."""
+    if run.rank != 0:
+        return contextlib.nullcontext()
+    check_writable(run.files.root, "this run's checkpoints")
+    return RunLock(run.files.root, "a training run")
 
 
 def _start_processes(cfg: ExperimentConfig) -> tuple[torch.device, int, int]:
