@@ -107,7 +107,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.evaluate and int(os.environ.get("RANK", "0")) == 0:
         from passion_kit.engine.evaluate import evaluate_run
 
-        paths = evaluate_run(run_dir, device=cfg.train.device, progress=cfg.train.progress)
+        paths = evaluate_run(  # with the eval.* settings asked for, not the stored ones
+            run_dir, device=cfg.train.device, progress=cfg.train.progress, settings=cfg.eval
+        )
         print(paths["markdown"].read_text())
     return 0
 
@@ -231,6 +233,25 @@ def _literal(text: str):
         return text
 
 
+def _count(text: str) -> int:
+    """An integer >= 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an integer >= 0 expected, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"an integer >= 0 expected, got {value}")
+    return value
+
+
+def _toy_patch(text: str) -> int:
+    """The quickstart's volume edge: 16 to 128 voxels, a multiple of 16 (argparse type)."""
+    value = _count(text)
+    if not 16 <= value <= 128 or value % 16:
+        raise argparse.ArgumentTypeError(f"16 to 128, a multiple of 16, expected, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m passion_kit", description=__doc__.split("\n")[0]
@@ -239,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="versions, device and data root").set_defaults(func=_info)
     quick = sub.add_parser("quickstart", help="a few PASSION steps on a toy volume (CPU)")
     quick.add_argument("--epochs", type=int, default=3)
-    quick.add_argument("--patch-size", type=int, default=32)
+    quick.add_argument("--patch-size", type=_toy_patch, default=32, help="16-128, a multiple of 16")
     quick.add_argument("--seed", type=int, default=0)
     quick.set_defaults(func=_quickstart)
     train = sub.add_parser("train", help="train (or resume) a run")
@@ -263,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=["official", "brats", "monai"],
         help="HD95 convention: definition and empty-set value (default: the run's eval.hd95)",
     )
-    evaluate.add_argument("--max-cases", type=int, help="evaluate only the first N cases")
+    evaluate.add_argument(
+        "--max-cases", type=_count, help="evaluate only the first N cases (N >= 0)"
+    )
     evaluate.set_defaults(func=_evaluate)
     ship = sub.add_parser(
         "explorer-checkpoint", help="train the explorer's run and pack it as the shipped files"

@@ -201,7 +201,13 @@ class ExperimentConfig:
                 values = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        preset = values.pop("preset", None) if isinstance(values, dict) else None
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"{path}: a config is a mapping of sections, not a {type(values).__name__}"
+            )
+        preset = values.pop("preset", None)
+        if preset is not None and not isinstance(preset, str):
+            raise ValueError(f"{path}: 'preset' must be a preset name, got {preset!r}")
         cfg = cls.preset(preset) if preset else cls()
         cfg.update(values, source=str(path))
         return cfg.override(overrides)

@@ -6,6 +6,7 @@ num_classes=..., **options)``. An objective never imports a concrete backbone.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from passion_kit.balancing.ogm_ge import OGMGEObjective
@@ -48,4 +49,12 @@ def build_objective(name: str, *, num_modalities: int, num_classes: int, **optio
     key = name.lower()
     if key not in _REGISTRY:
         raise ValueError(f"unknown objective {name!r}; expected one of {available_objectives()}")
-    return _REGISTRY[key](num_modalities=num_modalities, num_classes=num_classes, **options)
+    try:
+        return _REGISTRY[key](num_modalities=num_modalities, num_classes=num_classes, **options)
+    except TypeError as exc:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unknown is None:
+            raise
+        raise ValueError(
+            f"objective.options: the {key} objective takes no option {unknown.group(1)!r}"
+        ) from None

@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import ast
+import json
 import os
 import time
 from dataclasses import replace
@@ -197,6 +198,7 @@ def reproduce(
     start_dir = os.getcwd()
     todo = []
     for i, params in enumerate(points, 1):
+        _check_same_point(out / "notebooks" / f"{params['name']}.ipynb", params)
         if _summary(out, params["name"]).exists():
             log(f"[{i}/{len(points)}] {params['name']}: done already, skipped")
         else:
@@ -252,6 +254,42 @@ def reproduce(
             # Overlapping notebooks restore each other's working folder out of order.
             os.chdir(start_dir)
     return gather(out, points)
+
+
+# Parameters that say where or on what a point runs, not what it computes.
+_PLACE = {"run_dir", "device", "threads"}
+
+
+def _as_json(value):
+    """``value`` as a notebook's metadata stores it (tuples as lists, ...)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _check_same_point(executed: Path, params: dict) -> None:
+    """Refuse to reuse a point that an earlier grid ran with other settings.
+
+    The executed notebook records the parameters papermill gave it (``smoke``,
+    ``data_root``, ``epochs``, ...); a point counts as done only for its own.
+    """
+    if not executed.is_file():
+        return
+    try:
+        import nbformat
+
+        ran = nbformat.read(executed, as_version=4).metadata["papermill"]["parameters"]
+    except Exception:  # noqa: BLE001 - an unreadable notebook: run the point again
+        return
+    differ = sorted(
+        key
+        for key in (set(ran) | set(params)) - _PLACE
+        if _as_json(ran.get(key)) != _as_json(params.get(key))
+    )
+    if differ:
+        shown = ", ".join(f"{k}: {ran.get(k)!r} there, {params.get(k)!r} now" for k in differ)
+        raise ValueError(
+            f"{executed} ran this point with other settings ({shown}); choose another --out "
+            f"or delete that point's notebook and run"
+        )
 
 
 def auto_jobs(grid: Grid) -> int:

@@ -111,3 +111,193 @@ def test_reproduce_refuses_a_grid_value_that_leads_outside_its_out_folder(tmp_pa
     with pytest.raises(ValueError, match="name"):
         reproduce(grid, out=tmp_path / "out", jobs=1)
     assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
+
+
+# --- a run knows what made it ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_runs(phantom_root, tmp_path_factory):
+    from passion_kit.engine.train import fit
+    from tests.conftest import tiny_config
+
+    runs = tmp_path_factory.mktemp("runs")
+    first = fit(tiny_config(phantom_root, runs, "train.epochs=1", "train.name=first"))
+    second = fit(tiny_config(phantom_root, runs, "train.epochs=1", "train.name=second"))
+    return first, second
+
+
+def _copy_run(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    return copy
+
+
+def test_another_runs_checkpoint_copied_into_a_run_folder_is_refused(two_runs, tmp_path):
+    import json
+    import shutil
+
+    from passion_kit.engine.evaluate import evaluate_run
+
+    first, second = (_copy_run(r, tmp_path) for r in two_runs)
+    ids = [json.loads((r / "meta.json").read_text())["run_id"] for r in (first, second)]
+    assert len(set(ids)) == 2 and all(len(i) == 32 for i in ids)
+    shutil.copy(second / "checkpoint_last.pt", first / "checkpoint_last.pt")
+    with pytest.raises(ValueError, match=f"written by run {ids[1]}"):
+        evaluate_run(first, device="cpu", progress=False, max_cases=1)
+    assert not (first / "eval").exists()
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_before_evaluation(two_runs, tmp_path):
+    import torch
+
+    from passion_kit.engine.evaluate import evaluate_run
+
+    run = _copy_run(two_runs[0], tmp_path)
+    state = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    torch.save(state, run / "checkpoint_last.pt")
+    with pytest.raises(ValueError, match="non-finite weights"):
+        evaluate_run(run, device="cpu", progress=False, max_cases=1)
+
+
+def test_evaluation_records_its_settings_and_is_redone_for_other_ones(two_runs, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from passion_kit.engine.evaluate import ensure_evaluated
+
+    run = _copy_run(two_runs[0], tmp_path)
+    paths = ensure_evaluated(run, device="cpu", progress=False, max_cases=1)
+    settings = json.loads((run / "eval" / "test" / "settings.json").read_text())
+    assert settings["eval"]["max_cases"] == 1 and len(settings["checkpoint_sha256"]) == 64
+    assert pd.read_csv(paths["per_case"])["case_id"].nunique() == 1
+    stamp = paths["summary"].stat().st_mtime_ns
+    ensure_evaluated(run, device="cpu", progress=False, max_cases=1)  # the same: kept
+    assert paths["summary"].stat().st_mtime_ns == stamp
+    ensure_evaluated(run, device="cpu", progress=False, max_cases=2)  # other settings: redone
+    assert pd.read_csv(paths["per_case"])["case_id"].nunique() == 2
+    assert pd.read_csv(paths["summary"]).shape[0] == 16
+
+
+def test_a_kill_while_the_tables_are_written_leaves_the_old_ones_whole(
+    two_runs, tmp_path, monkeypatch
+):
+    from pathlib import Path
+
+    import pandas as pd
+
+    from passion_kit.engine.evaluate import evaluate_run
+
+    run = _copy_run(two_runs[0], tmp_path)
+    paths = evaluate_run(run, device="cpu", progress=False, max_cases=1)
+    before = {k: p.read_text() for k, p in paths.items()}
+    real = Path.write_text
+
+    def dying(self, text, *args, **kwargs):
+        if self.name == "summary.csv":
+            raise KeyboardInterrupt  # killed between the tables' writes
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", dying)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(run, device="cpu", progress=False, max_cases=2)
+    monkeypatch.undo()
+    assert {k: p.read_text() for k, p in paths.items()} == before  # the old tables, whole
+    assert pd.read_csv(paths["per_case"])["case_id"].nunique() == 1
+    evaluate_run(run, device="cpu", progress=False, max_cases=2)  # the leftover is cleaned
+    assert [p.name for p in (run / "eval").iterdir()] == ["test"]
+
+
+def test_a_hand_edited_config_json_is_named_and_rewritten_on_resume(phantom_root, tmp_path, capsys):
+    import json
+
+    from passion_kit.engine.train import fit
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(phantom_root, tmp_path, "train.epochs=2")
+    run = fit(cfg, stop_after=1)
+    edited = json.loads((run / "config.json").read_text())
+    edited["train"]["lr"] = 0.5
+    (run / "config.json").write_text(json.dumps(edited))
+    capsys.readouterr()
+    fit(cfg)
+    out = capsys.readouterr().out
+    assert "notice:" in out and "train.lr" in out
+    assert json.loads((run / "config.json").read_text())["train"]["lr"] == cfg.train.lr
+
+
+def test_a_smoke_grid_point_is_not_reused_as_the_real_one(tmp_path):
+    import nbformat
+
+    from passion_kit.reproduce import GRIDS, grid_points, reproduce, with_overrides
+
+    smoke = with_overrides(GRIDS["default"], seeds=[0], objectives=["baseline"])
+    smoke.parameters = {**smoke.parameters, "smoke": True}
+    real = with_overrides(smoke, parameters={**smoke.parameters, "smoke": False})
+    point = grid_points(smoke)[0]
+    assert grid_points(real)[0]["name"] == point["name"]  # smoke is not in the name
+    out = tmp_path / "out"
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["papermill"] = {"parameters": {**point, "run_dir": "anywhere"}}
+    (out / "notebooks").mkdir(parents=True)
+    nbformat.write(nb, out / "notebooks" / f"{point['name']}.ipynb")
+    summary = out / "runs" / point["name"] / "eval" / "test" / "summary.csv"
+    summary.parent.mkdir(parents=True)
+    summary.write_text("combination,dice_WT\nmean,0.1\n")
+    with pytest.raises(ValueError, match="smoke: True there, False now"):
+        reproduce(real, out=out, jobs=1, progress=False, log=lambda *a: None)
+
+
+# --- bad inputs through the command line: one error line, nothing written outside -----------
+def _bad_config_file(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('{"preset": ["cpu"]}')
+    return ["train", "--config", str(path)]
+
+
+def _dataset_json_list(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "dataset.json").write_text("[]")
+    return ["train", *TINY, f"data.root={root}", "data.phantom_cases=0"]
+
+
+BAD_INPUTS = [
+    # (id, argv or a function of tmp_path giving it, exit status, words the error line names)
+    ("dataset-path", ["train", *TINY, "data.dataset=../../../x"], 2, "data.dataset"),
+    ("beta-range-inverted", ["train", *TINY, "objective.beta_range=[4, 0.1]"], 2, "beta_range"),
+    ("name-path", ["train", *TINY, "train.name=../x"], 2, "train.name"),
+    ("split-path", ["train", *TINY, "data.train_split=../../x"], 2, "data.train_split"),
+    ("optimizer", ["train", *TINY, "train.optimizer=sgd"], 2, "train.optimizer"),
+    ("model-option", ["train", *TINY, 'model.options={"nope": 1}'], 1, "model.options"),
+    ("objective-option", ["train", *TINY, 'objective.options={"nope": 1}'], 1, "objective"),
+    ("config-preset-list", _bad_config_file, 1, "preset"),
+    ("dataset-json-list", _dataset_json_list, 1, "dataset.json"),
+    ("quickstart-patch", ["quickstart", "--patch-size", "4096"], 2, "--patch-size"),
+    ("evaluate-max-cases", ["evaluate", "nowhere", "--max-cases", "-1"], 2, "--max-cases"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "named"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS]
+)
+def test_a_bad_input_gives_one_error_line_and_writes_nothing_outside(tmp_path, argv, status, named):
+    work = tmp_path / "work"
+    work.mkdir()
+    args = argv(work) if callable(argv) else argv
+    args = (
+        [*args, f"train.run_dir={work / 'runs'}"]
+        if args[0] == "train" and "--config" not in args
+        else args
+    )
+    outside = sorted(p.name for p in tmp_path.parent.iterdir())
+    result = _cli(*args, cwd=work)
+    assert result.returncode == status, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and named in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.parent.iterdir()) == outside
+    assert not (work / "runs").exists() or not any((work / "runs").rglob("checkpoint*"))

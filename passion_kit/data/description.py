@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -103,7 +104,10 @@ class DatasetDescription:
                 f"got {list(order)}"
             )
         if self.spacing is not None:
-            object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+            spacing = tuple(float(s) for s in self.spacing)
+            if not all(math.isfinite(s) and s > 0 for s in spacing):
+                raise ValueError(f"spacing must be voxel sizes > 0 in mm, got {list(spacing)}")
+            object.__setattr__(self, "spacing", spacing)
         object.__setattr__(self, "regions", regions)
         object.__setattr__(self, "label_mapping", mapping)
         object.__setattr__(self, "split_order", order)
@@ -147,6 +151,10 @@ class DatasetDescription:
         Raises:
             ValueError: naming ``origin`` and the key, for a missing or invalid entry.
         """
+        if not isinstance(obj, dict):
+            raise ValueError(
+                f"{origin}: a dataset description is a JSON object, not a {type(obj).__name__}"
+            )
         if obj.get("format") != FORMAT:
             raise ValueError(f"{origin}: 'format' must be {FORMAT!r}, got {obj.get('format')!r}")
         missing = [k for k in ("name", "modalities", "combinations", "classes") if k not in obj]

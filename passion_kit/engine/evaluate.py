@@ -40,8 +40,12 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,14 +56,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from passion_kit.config import PLACE_KEYS, ExperimentConfig
+from passion_kit.config import PLACE_KEYS, EvalConfig, ExperimentConfig
 from passion_kit.data import PreparedDataset, load_description
 from passion_kit.data.description import DatasetDescription
 from passion_kit.engine.runs import build_model, check_compatible, load_checkpoint
 from passion_kit.engine.runtime import amp_dtype, reuse_freed_memory, select_device
 from passion_kit.io import (
+    TMP_PREFIX,
     RunLock,
-    atomic_write_text,
     check_name,
     check_writable,
     inside,
@@ -367,6 +371,12 @@ def load_run(
     description = load_description(root)
     backbone = build_model(cfg, description.num_modalities, len(description.classes))
     check_compatible(state, backbone, str(ckpt_path))
+    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise ValueError(
+            f"{ckpt_path} has non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): "
+            f"its predictions would mean nothing"
+        )
     dev = select_device(device)
     return LoadedRun(cfg, state, backbone.to(dev).eval(), root, description, dev)
 
@@ -428,16 +438,87 @@ def save_prediction_nifti(
 
 
 def ensure_evaluated(run_dir: str | os.PathLike, split: str = "test", **options) -> dict[str, Path]:
-    """The tables of ``evaluate_run``, computed only if the run has none for ``split`` yet."""
+    """The tables of ``evaluate_run``, computed unless the run has them for ``split`` from
+    its current checkpoint with the same evaluation settings (``settings.json``)."""
     out = Path(run_dir) / "eval" / split
     paths = {
         "per_case": out / "per_case.csv",
         "summary": out / "summary.csv",
         "markdown": out / "summary.md",
     }
-    if all(p.exists() for p in paths.values()):
-        return paths
+    record = out / "settings.json"
+    if all(p.exists() for p in paths.values()) and record.is_file():
+        try:
+            done = json.loads(record.read_text())
+        except (OSError, ValueError):
+            done = {}
+        state = load_checkpoint(options.get("checkpoint") or Path(run_dir) / "checkpoint_last.pt")
+        stored = ExperimentConfig.from_dict(state["config"], source=str(run_dir)).eval
+        wanted = _used_settings(
+            options.get("settings") or stored,
+            options.get("hd95_convention"),
+            options.get("max_cases"),
+        )
+        if done.get("eval") == wanted and done.get("epoch") == state["epoch"]:
+            return paths
     return evaluate_run(run_dir, split=split, **options)
+
+
+def _used_settings(settings: EvalConfig, hd95: str | None, max_cases: int | None) -> dict:
+    """The evaluation settings a table was computed with (JSON-comparable)."""
+    used = dataclasses.asdict(settings)
+    if hd95 is not None:
+        used["hd95"] = hd95
+    if max_cases is not None:
+        used["max_cases"] = max_cases
+    return json.loads(json.dumps(used))
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_as_one(out: Path, files: dict[str, str]) -> None:
+    """Write ``files`` into ``out`` as one unit: a sibling folder filled, then swapped in.
+
+    A kill leaves either the old tables or the new ones, never a mix (the leftover
+    temporary folder is removed by the next evaluation).
+    """
+    parent = out.parent
+    for stale in parent.glob(f"{TMP_PREFIX}{out.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}-", dir=parent))
+    for name, text in files.items():
+        (fresh / name).write_text(text)
+    old = None
+    if out.exists():
+        old = parent / f"{TMP_PREFIX}{out.name}-old"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    fresh.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_run_id(run: Path, checkpoint: Path, state: dict) -> None:
+    """Refuse a checkpoint that another run wrote (copied into this run's folder)."""
+    meta = run / "meta.json"
+    mine = None
+    if meta.is_file():
+        try:
+            mine = json.loads(meta.read_text()).get("run_id")
+        except (OSError, ValueError):
+            mine = None
+    theirs = state.get("run_id")
+    if mine and theirs and mine != theirs:
+        raise ValueError(
+            f"{checkpoint} was written by run {theirs}, not by {run} (run {mine}): its tables "
+            f"would be filed under another run; evaluate the checkpoint's own run folder"
+        )
 
 
 def _check_same_dataset(
@@ -494,9 +575,14 @@ def evaluate_run(
     device: str = "auto",
     hd95_convention: str | None = None,
     max_cases: int | None = None,
+    settings: EvalConfig | None = None,
     progress: bool = True,
 ) -> dict[str, Path]:
     """Evaluate a training run's checkpoint on its test split; write the tables.
+
+    ``settings`` (``eval.*``) replace the run's stored evaluation settings; the settings
+    used, the checkpoint's run id and content hash are recorded in ``settings.json`` next
+    to the tables, which are written as one unit (a folder renamed into place).
 
     Returns:
         Paths of ``per_case.csv``, ``summary.csv`` and ``summary.md`` under
@@ -504,11 +590,16 @@ def evaluate_run(
     """
     loaded = load_run(run_dir, checkpoint=checkpoint, data_root=data_root, device=device)
     cfg, state, backbone, dev = loaded.cfg, loaded.state, loaded.backbone, loaded.device
+    if settings is not None:
+        cfg = dataclasses.replace(cfg, eval=settings)
+    if max_cases is not None and max_cases < 0:
+        raise ValueError(f"--max-cases must be >= 0, got {max_cases}")
     if dev.type == "cpu":
         reuse_freed_memory()  # the windows' 15 mask rows are not faulted in again per window
     run = Path(run_dir)
     if checkpoint is not None:
         _check_same_run(run, Path(checkpoint), cfg)
+    _check_run_id(run, Path(checkpoint) if checkpoint else run / "checkpoint_last.pt", state)
     if data_root is not None:
         _check_same_dataset(Path(data_root), loaded.description, cfg)
     split = check_name(split or cfg.data.test_split, "the split")
@@ -534,18 +625,27 @@ def evaluate_run(
             progress=progress,
         )
         summary = summarize(per_case)
-        paths = {
-            "per_case": out / "per_case.csv",
-            "summary": out / "summary.csv",
-            "markdown": out / "summary.md",
-        }
-        atomic_write_text(paths["per_case"], per_case.to_csv(index=False))
-        atomic_write_text(paths["summary"], summary.to_csv(index=False))
         cases = per_case["case_id"].nunique()
         seconds = time.perf_counter() - started
         title = (
             f"{cfg.run_name()}: {cases} {split} cases, epoch {state['epoch']}, "
             f"HD95 convention {hd95_convention or cfg.eval.hd95}, {seconds:.0f} s"
         )
-        atomic_write_text(paths["markdown"], f"# {title}\n\n{markdown_table(summary)}\n")
-        return paths
+        record = {
+            "eval": _used_settings(cfg.eval, hd95_convention, max_cases),
+            "run_id": state.get("run_id"),
+            "checkpoint_sha256": _sha256(checkpoint or run / "checkpoint_last.pt"),
+            "epoch": state["epoch"],
+        }
+        tables = {
+            "per_case.csv": per_case.to_csv(index=False),
+            "summary.csv": summary.to_csv(index=False),
+            "summary.md": f"# {title}\n\n{markdown_table(summary)}\n",
+            "settings.json": json.dumps(record, indent=2),
+        }
+        _write_as_one(out, tables)
+        return {
+            "per_case": out / "per_case.csv",
+            "summary": out / "summary.csv",
+            "markdown": out / "summary.md",
+        }

@@ -108,7 +108,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         ) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise ValueError(f"{path} is not a readable passion-kit checkpoint ({exc})") from None
-    if not isinstance(state, dict) or "model" not in state or "backbone" not in state:
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("model"), dict)
+        or "backbone" not in state
+    ):
         raise ValueError(f"{path} is not a passion-kit checkpoint (no 'model'/'backbone' entries)")
     missing = [k for k in ("config", "num_modalities", "num_classes") if k not in state]
     if missing or not isinstance(state.get("config"), dict):

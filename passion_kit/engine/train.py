@@ -28,6 +28,7 @@ import os
 import platform
 import random
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,7 @@ class _Run:
     files: RunFiles
     step: nn.Module  # the objective's step as a module (DDP-wrapped under DDP)
     sampler: DistributedSampler | None
+    run_id: str = ""  # the run's identity, in its checkpoints and meta.json
 
 
 def _set_up(cfg: ExperimentConfig) -> _Run:
@@ -249,6 +251,7 @@ def _open_run(run: _Run) -> tuple[int, dict]:
     if files.last.exists():
         start = _resume(run)
     else:
+        run.run_id = uuid.uuid4().hex
         start = 0, {"epoch": [], "modality": []}
         if run.rank == 0:
             files.root.mkdir(parents=True, exist_ok=True)
@@ -499,6 +502,7 @@ def _save(run: _Run, history: dict, epoch: int) -> None:
         "scaler": run.scaler.state_dict(),
         "history": history,
         "torch_rng": torch.get_rng_state(),
+        "run_id": run.run_id,
     }
     atomic_torch_save(state, files.last)
     if completed in cfg.train.keep_epochs or completed == cfg.train.epochs:
@@ -515,6 +519,7 @@ def _save_meta(run: _Run, history: dict, epoch: int) -> None:
         "epochs_completed": completed,
         "epochs": cfg.train.epochs,
         "world_size": run.world,
+        "run_id": run.run_id,
         "last_epoch": history["epoch"][-1],
         "versions": _versions(),
         "machine": run.machine,
@@ -534,11 +539,33 @@ def _resume(run: _Run) -> tuple[int, dict]:
             f"differ); choose another train.name or train.run_dir, or delete that run"
         )
     check_compatible(state, run.backbone, str(files.last))
+    run.run_id = state.get("run_id") or uuid.uuid4().hex  # (runs of earlier kits had none)
+    if run.rank == 0:
+        _reconcile_config_file(files, state["config"])
     run.optimizer.load_state_dict(state["optimizer"])
     if hasattr(objective, "state"):
         objective.state.load_state_dict(state["objective"])
     run.scaler.load_state_dict(state["scaler"])
     return state["epoch"], state["history"]
+
+
+def _reconcile_config_file(files: RunFiles, used: dict) -> None:
+    """A resumed run trains with its checkpoint's config; a ``config.json`` edited by hand
+    since is named and rewritten to match, so the two never disagree."""
+    try:
+        on_disk = ExperimentConfig.from_file(files.config).to_dict()
+    except (OSError, ValueError):
+        on_disk = None
+    used_cfg = ExperimentConfig.from_dict(used, source=str(files.last))
+    if on_disk == used_cfg.to_dict():
+        return
+    if on_disk is not None:
+        differ = _config_differences(on_disk, used_cfg.to_dict()) or ["place keys"]
+        print(
+            f"notice: {files.config} differs from the checkpoint ({', '.join(differ)}); "
+            f"the checkpoint's settings are used and config.json is rewritten to them"
+        )
+    atomic_write_text(files.config, used_cfg.to_json())
 
 
 def _check_replicas_agree(backbone: Backbone) -> None:

@@ -5,6 +5,7 @@ A new backbone is one file plus one line in ``_REGISTRY``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from passion_kit.models.base import Backbone, FusionOut
@@ -58,10 +59,18 @@ def build_backbone(
     key = name.lower()
     if key not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; expected one of {available_backbones()}")
-    return _REGISTRY[key](
-        num_modalities=num_modalities,
-        num_classes=num_classes,
-        width=width,
-        patch_size=patch_size,
-        **options,
-    )
+    try:
+        return _REGISTRY[key](
+            num_modalities=num_modalities,
+            num_classes=num_classes,
+            width=width,
+            patch_size=patch_size,
+            **options,
+        )
+    except TypeError as exc:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unknown is None:
+            raise
+        raise ValueError(
+            f"model.options: the {key} backbone takes no option {unknown.group(1)!r}"
+        ) from None
