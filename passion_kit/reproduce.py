@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -81,6 +82,27 @@ GRIDS: dict[str, Grid] = {
 }  # fmt: skip
 
 
+KERNEL_PREFIX = "passion-kit-kernel-"
+
+
+def remove_orphan_kernels() -> list[Path]:
+    """Remove the private kernel folders (sockets, connection file) that a killed grid left
+    in the system's temporary folder: those whose owning process has ended."""
+    import tempfile
+
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{KERNEL_PREFIX}*"):
+        try:
+            pid = int((folder / "owner").read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        except (OSError, ValueError):
+            continue  # another user's, or one of an earlier kit: left alone
+    return removed
+
+
 def kernel_manager_class():
     """A Jupyter kernel manager that talks to its kernel over Unix sockets (IPC), not TCP.
 
@@ -92,7 +114,6 @@ def kernel_manager_class():
     """
     if os.name == "nt":
         return None
-    import shutil
     import tempfile
 
     from jupyter_client.manager import AsyncKernelManager
@@ -103,7 +124,14 @@ def kernel_manager_class():
 
         @default("ip")
         def _private_ipc_path(self) -> str:
-            return str(Path(tempfile.mkdtemp(prefix="passion-kit-kernel-")) / "kernel")
+            folder = Path(tempfile.mkdtemp(prefix=KERNEL_PREFIX))
+            (folder / "owner").write_text(str(os.getpid()))  # see remove_orphan_kernels
+            return str(folder / "kernel")
+
+        @default("connection_file")
+        def _private_connection_file(self) -> str:
+            # in the private folder too, not loose in the system's temporary folder
+            return str(Path(self.ip).parent / "connection.json")
 
         async def _async_interrupt_kernel(self) -> None:
             # jupyter_client interrupts the kernel before every shutdown; papermill shuts
@@ -116,7 +144,7 @@ def kernel_manager_class():
         def cleanup_ipc_files(self) -> None:
             super().cleanup_ipc_files()  # the socket files, then their private folder
             folder = Path(self.ip).parent
-            if folder.name.startswith("passion-kit-kernel-"):
+            if folder.name.startswith(KERNEL_PREFIX):
                 shutil.rmtree(folder, ignore_errors=True)
 
     return IPCKernelManager
@@ -191,6 +219,7 @@ def reproduce(
             f"(git clone, then pip install -e .)"
         )
     out = Path(out).resolve()
+    remove_orphan_kernels()  # left by a grid that was killed
     points = grid_points(grid)
     for params in points:  # a point's name becomes its notebook's and run's folder names
         inside(out, "runs", check_name(params["name"], "a grid point's name"), what="the run")

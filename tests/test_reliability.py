@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -301,3 +302,24 @@ def test_a_bad_input_gives_one_error_line_and_writes_nothing_outside(tmp_path, a
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.parent.iterdir()) == outside
     assert not (work / "runs").exists() or not any((work / "runs").rglob("checkpoint*"))
+
+
+def test_the_kernel_folders_of_a_killed_grid_are_removed_at_the_next_start(tmp_path):
+    import tempfile
+
+    from passion_kit.reproduce import KERNEL_PREFIX, remove_orphan_kernels
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = Path(tempfile.mkdtemp(prefix=KERNEL_PREFIX))
+    (orphan / "owner").write_text(str(dead.pid))
+    (orphan / "connection.json").write_text("{}")
+    alive = Path(tempfile.mkdtemp(prefix=KERNEL_PREFIX))
+    (alive / "owner").write_text(str(os.getpid()))
+    try:
+        assert orphan in remove_orphan_kernels()
+        assert not orphan.exists() and alive.exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(alive, ignore_errors=True)

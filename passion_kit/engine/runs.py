@@ -135,6 +135,7 @@ def check_compatible(state: dict, backbone: Backbone, where: str) -> None:
     try:
         backbone.load_state_dict(state["model"])
     except RuntimeError as exc:
+        detail = " ".join(str(exc).split())  # every missing, unexpected and misshapen tensor
         raise ValueError(
-            f"{where} does not fit this model (width or options differ): {exc}"
+            f"{where} does not fit this model (width or options differ): {detail[:600]}"
         ) from None
