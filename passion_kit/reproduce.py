@@ -287,6 +287,8 @@ def reproduce(
 
 # Parameters that say where or on what a point runs, not what it computes.
 _PLACE = {"run_dir", "device", "threads"}
+# A point without a training-setting dimension runs the notebook's default, IDT.
+_DEFAULTS = {"setting": "idt"}
 
 
 def _as_json(value):
@@ -311,7 +313,8 @@ def _check_same_point(executed: Path, params: dict) -> None:
     differ = sorted(
         key
         for key in (set(ran) | set(params)) - _PLACE
-        if _as_json(ran.get(key)) != _as_json(params.get(key))
+        if _as_json(ran.get(key, _DEFAULTS.get(key)))
+        != _as_json(params.get(key, _DEFAULTS.get(key)))
     )
     if differ:
         shown = ", ".join(f"{k}: {ran.get(k)!r} there, {params.get(k)!r} now" for k in differ)

@@ -6,6 +6,8 @@ equation and ``assert`` that the run obeyed it:
 
 - :func:`plot_learning_curve`: every loss term per epoch, the learning rate and the beta
   step size eta actually used (notebook 05).
+- :func:`compare_learning_curves`: the loss terms of two or more runs side by side, one
+  panel per term (notebook 05's comparisons).
 - :func:`scheduled_eta`: the eta each epoch should use, in closed form from the config
   (the trainer walks the schedule step by step; the two must agree).
 - :func:`replay_beta`: beta re-computed epoch by epoch with
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,7 @@ from passion_kit.method.preference import update_beta
 
 __all__ = [
     "LOSS_TERMS",
+    "compare_learning_curves",
     "plot_hd95_conventions",
     "plot_learning_curve",
     "replay_beta",
@@ -167,6 +170,45 @@ def plot_learning_curve(
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    return finish_figure(fig, path)
+
+
+def compare_learning_curves(
+    runs: Mapping[str, str | os.PathLike], *, path: str | os.PathLike | None = None
+) -> PlotFigure:
+    """Two or more runs' loss terms per epoch: one panel per term, one line per run.
+
+    Reads each run's ``history_epoch.csv``. A term a run does not have (the baseline has no
+    ``pixel`` or ``proto``) has no line in that panel; a term no run has gets no panel.
+
+    Args:
+        runs: legend name -> run directory.
+        path: save the PNG there.
+
+    Raises:
+        ValueError: ``runs`` is empty.
+    """
+    if not runs:
+        raise ValueError("runs is empty: give at least one run directory")
+    histories = {name: pd.read_csv(Path(run) / "history_epoch.csv") for name, run in runs.items()}
+
+    def has(history: pd.DataFrame, column: str) -> bool:
+        return column in history and bool(history[column].notna().any())
+
+    terms = [c for c in LOSS_TERMS if any(has(h, c) for h in histories.values())]
+    fig = PlotFigure(figsize=(2.6 * len(terms) + 0.6, 3.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(terms)))
+    for ax, column in zip(axes, terms, strict=True):
+        for name, history in histories.items():
+            if has(history, column):
+                ax.plot(history["epoch"], history[column], "o-", ms=3, lw=1.2, label=name)
+        ax.set_yscale("log")
+        ax.set_title(LOSS_TERMS[column], fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylabel("mean over the epoch's steps")
+    axes[0].legend(fontsize=7)
     return finish_figure(fig, path)
 
 
