@@ -459,7 +459,11 @@ def ensure_evaluated(run_dir: str | os.PathLike, split: str = "test", **options)
             options.get("hd95_convention"),
             options.get("max_cases"),
         )
-        if done.get("eval") == wanted and done.get("epoch") == state["epoch"]:
+        settings = options.get("settings") or stored
+        device = select_device(options.get("device", "auto"))
+        on = _computed_on(device, amp_dtype(settings.amp, device, "eval.amp"))
+        same = done.get("eval") == wanted and done.get("epoch") == state["epoch"]
+        if same and done.get("computed_on") == on:  # a bf16 table is not an fp32 one
             return paths
     return evaluate_run(run_dir, split=split, **options)
 
@@ -472,6 +476,11 @@ def _used_settings(settings: EvalConfig, hd95: str | None, max_cases: int | None
     if max_cases is not None:
         used["max_cases"] = max_cases
     return json.loads(json.dumps(used))
+
+
+def _computed_on(device: torch.device, amp: torch.dtype | None) -> str:
+    """The device kind and precision of an evaluation, e.g. ``cpu, bfloat16``."""
+    return f"{device.type}, {str(amp).removeprefix('torch.') if amp else 'float32'}"
 
 
 def _sha256(path: str | os.PathLike) -> str:
@@ -633,6 +642,7 @@ def evaluate_run(
         )
         record = {
             "eval": _used_settings(cfg.eval, hd95_convention, max_cases),
+            "computed_on": _computed_on(dev, loaded.amp),
             "run_id": state.get("run_id"),
             "checkpoint_sha256": _sha256(checkpoint or run / "checkpoint_last.pt"),
             "epoch": state["epoch"],
