@@ -183,7 +183,7 @@ def test_poly_schedule_matches_the_official_values():
 
 
 def test_amp_fast_uses_bf16_only_on_a_cpu_with_bf16_units(monkeypatch):
-    import passion_kit.engine.train as train
+    import passion_kit.engine.runtime as train
     from passion_kit.config import ExperimentConfig
 
     cfg = ExperimentConfig.preset("cpu")
@@ -199,7 +199,7 @@ def test_amp_fast_uses_bf16_only_on_a_cpu_with_bf16_units(monkeypatch):
 
 
 def test_the_paper_presets_train_and_evaluate_in_fp32_as_the_official_code():
-    import passion_kit.engine.train as train
+    import passion_kit.engine.runtime as train
     from passion_kit.config import PRESETS, ExperimentConfig
 
     for name in PRESETS:
