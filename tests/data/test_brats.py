@@ -2,11 +2,24 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
-from data_helpers import BRATS_SHAPE, brats_arrays, save_nifti, tree_state, write_brats_case
+from data_helpers import (
+    BRATS_SHAPE,
+    brats_arrays,
+    load_script,
+    save_nifti,
+    tree_state,
+    write_brats_case,
+)
 
-from passion_kit.data.brats import brats2020_case_id, find_brats_cases, prepare_brats2020
+from passion_kit.data.brats import (
+    BRATS2023,
+    brats2020_case_id,
+    find_brats_cases,
+    prepare_brats2020,
+)
 from passion_kit.data.description import BRATS2020, load_description
 from passion_kit.data.prepared import PreparationError, list_cases, read_case
 from passion_kit.data.preprocess import uncrop, zscore
@@ -212,3 +225,88 @@ def test_a_brain_mask_is_not_taken_for_the_missing_label(tmp_path):
     assert sources[0].files["label"] is None
     with pytest.raises(PreparationError, match=r"missing label file"):
         prepare_brats2020(tmp_path / "out", raw_root=root, progress=False)
+
+
+# --- BraTS 2023 layout, on files of data_scripts/make_brats_like.py ---------------------
+
+SMALL = (48, 48, 31)
+
+
+@pytest.fixture(scope="module")
+def make_brats_like():
+    return load_script("make_brats_like").make_brats_like
+
+
+def test_brats2023_layout_end_to_end(make_brats_like, tmp_path):
+    raw = tmp_path / "BraTS2023-GLI-Training"
+    make_brats_like(raw, cases=2, layout="brats2023", size=SMALL)
+    sources = find_brats_cases(tmp_path)  # auto: found under any parent
+    assert [s.case_id for s in sources] == ["BraTS-GLI-00000-000", "BraTS-GLI-00001-000"]
+    assert sources[0].files["t1"].endswith("BraTS-GLI-00000-000-t1n.nii.gz")
+    assert sources[0].files["flair"].endswith("BraTS-GLI-00000-000-t2f.nii.gz")
+    assert sources[0].files["label"].endswith("BraTS-GLI-00000-000-seg.nii.gz")
+    out = tmp_path / "prepared"
+    assert prepare_brats2020(out, raw_root=raw, progress=False) == [s.case_id for s in sources]
+    assert load_description(out) == BRATS2023
+    assert BRATS2023.label_mapping == {0: 0, 1: 1, 2: 2, 3: 3}  # 3 -> enhancing, back to 3
+    assert not (out / "splits").exists()  # the RFNet split lists 2020 cases
+    image, label, meta = read_case(out, "BraTS-GLI-00001-000")
+    assert image.shape == (4, *SMALL) and set(np.unique(label)) == {0, 1, 2, 3}
+    assert meta["dataset"] == "brats2023" and meta["original_shape"] == list(SMALL)
+    assert prepare_brats2020(out, raw_root=raw, progress=False, layout="brats2023") == []
+
+
+def test_prepared_2020_and_2023_versions_of_a_case_are_identical(make_brats_like, tmp_path):
+    make_brats_like(tmp_path / "r20", cases=2, size=SMALL, seed=4)
+    make_brats_like(tmp_path / "r23", cases=2, size=SMALL, seed=4, layout="brats2023")
+    prepare_brats2020(tmp_path / "p20", raw_root=tmp_path / "r20", progress=False)
+    prepare_brats2020(tmp_path / "p23", raw_root=tmp_path / "r23", progress=False)
+    for old, new in [
+        ("HG_BraTS20_Training_001", "BraTS-GLI-00000-000"),
+        ("HG_BraTS20_Training_002", "BraTS-GLI-00001-000"),
+    ]:
+        image20, label20, meta20 = read_case(tmp_path / "p20", old)
+        image23, label23, meta23 = read_case(tmp_path / "p23", new)
+        assert np.array_equal(image20, image23) and np.array_equal(label20, label23)
+        assert set(np.unique(label20)) == {0, 1, 2, 3}
+        for key in ("crop", "normalization", "original_shape", "original_affine"):
+            assert meta20[key] == meta23[key]
+
+
+def test_layout_detection_refuses_a_mix_and_follows_an_explicit_layout(make_brats_like, tmp_path):
+    make_brats_like(tmp_path / "r20", cases=1, size=SMALL)
+    make_brats_like(tmp_path / "r23", cases=2, size=SMALL, layout="brats2023")
+    with pytest.raises(ValueError, match=r"holds both BraTS 2020 \(BraTS20_Training_001\) and "):
+        find_brats_cases(tmp_path)
+    assert len(find_brats_cases(tmp_path, layout="brats2020")) == 1
+    assert len(find_brats_cases(tmp_path, layout="brats2023")) == 2
+    with pytest.raises(ValueError, match="layout must be one of"):
+        find_brats_cases(tmp_path, layout="brats2021")
+    with pytest.raises(FileNotFoundError, match="BraTS-GLI-00000-000-t2f.nii.gz"):
+        find_brats_cases(tmp_path / "r20", layout="brats2023")
+    with pytest.raises(ValueError, match="RFNet npy layout holds BraTS2020"):
+        prepare_brats2020(tmp_path / "o", rfnet_root=tmp_path, layout="brats2023")
+
+
+def test_bad_brats2023_cases_fail_naming_the_file(make_brats_like, tmp_path):
+    raw = tmp_path / "raw"
+    make_brats_like(raw, cases=2, layout="brats2023", size=SMALL)
+    (raw / "BraTS-GLI-00000-000" / "BraTS-GLI-00000-000-t1n.nii.gz").unlink()
+    seg_path = raw / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-seg.nii.gz"
+    seg = np.asanyarray(nib.load(str(seg_path)).dataobj).copy()
+    seg[seg == 3] = 4  # a 2020 label value in a 2023 file
+    save_nifti(seg_path, seg, nib.load(str(seg_path)).affine)
+    with pytest.raises(PreparationError) as err:
+        prepare_brats2020(tmp_path / "out", raw_root=raw, progress=False)
+    assert r"missing modality file for t1 (*-t1n.nii or .nii.gz)" in str(err.value)
+    assert "BraTS-GLI-00001-000-seg.nii.gz: unexpected label values [4]" in str(err.value)
+
+
+def test_a_folder_holding_another_dataset_is_refused(make_brats_like, tmp_path):
+    make_brats_like(tmp_path / "r20", cases=1, size=SMALL)
+    make_brats_like(tmp_path / "r23", cases=1, size=SMALL, layout="brats2023")
+    out = tmp_path / "prepared"
+    prepare_brats2020(out, raw_root=tmp_path / "r20", progress=False)
+    with pytest.raises(ValueError, match=r"dataset.json: holds brats2020, not brats2023"):
+        prepare_brats2020(out, raw_root=tmp_path / "r23", progress=False)
+    assert list_cases(out) == ["HG_BraTS20_Training_001"]

@@ -14,6 +14,7 @@ SCRIPTS = (
     "make_missing_rate_split",
     "validate_split",
     "make_phantom",
+    "make_brats_like",
     "prepare_brats2020",
     "prepare_msd",
     "prepare_myops2020",
@@ -95,6 +96,24 @@ def test_prepare_brats_script(make_brats_official, tmp_path, capsys):
     assert "prepared 1 new case" in capsys.readouterr().out
     assert main(["--raw", str(tmp_path / "none"), "--out", str(tmp_path / "p"), "--quiet"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_prepare_brats_script_reads_the_2023_layout_into_its_own_folder(
+    tmp_path, monkeypatch, capsys
+):
+    raw = tmp_path / "raw"
+    make = ["--cases", "1", "--out", str(raw), "--size", "48,48,31", "--layout", "brats2023"]
+    assert load_script("make_brats_like").main(make) == 0
+    monkeypatch.setenv("PASSION_KIT_DATA", str(tmp_path / "data"))
+    main = load_script("prepare_brats2020").main
+    assert main(["--raw", str(raw), "--quiet"]) == 0  # detected; default <data root>/brats2023
+    assert "brats2023: prepared 1 new case" in capsys.readouterr().out
+    assert (tmp_path / "data" / "brats2023" / "cases" / "BraTS-GLI-00000-000").is_dir()
+    assert main(["--raw", str(raw), "--layout", "brats2020", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "BraTS20_Training_001/BraTS20_Training_001_flair.nii.gz" in err[0]
+    assert main(["--raw", str(raw), "--out", str(tmp_path / "o"), "--layout", "brats2020"]) == 1
+    assert "no BraTS case folder found" in capsys.readouterr().err
 
 
 def test_prepare_msd_and_myops_scripts_report_missing_inputs(tmp_path, capsys):
