@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from passion_kit.data.phantom import generate_case
-from passion_kit.io import TMP_PREFIX, umask
+from passion_kit.io import TMP_PREFIX, USER_ERRORS, error_line, umask
 
 __all__ = [
     "BOX_FRACTION",
@@ -255,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         folders = make_brats_like(
             args.out, cases=args.cases, layout=args.layout, size=size, seed=args.seed
         )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - started
     print(

@@ -29,6 +29,7 @@ from passion_kit.data.splits import (
     split_summary,
     write_split,
 )
+from passion_kit.io import USER_ERRORS, error_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = ap.parse_args(argv)
 
-    desc = load_description(args.description) if args.description else BUILTIN[args.dataset]
     try:
+        desc = load_description(args.description) if args.description else BUILTIN[args.dataset]
         if args.missing_rates:
             p = parse_missing_rates(args.missing_rates, desc.modalities)
         else:
@@ -55,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         group = patient_of if desc.kind == "slice" else None
         split = generate_missing_rate_split(ids, p, desc, seed=args.seed, group_of=group)
         write_split(split, args.out, fmt=args.format, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
     print(
         f"wrote {args.out} ({args.format}); missing rates "

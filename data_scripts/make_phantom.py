@@ -24,6 +24,7 @@ from passion_kit.data.phantom import (
     phantom_case_id,
 )
 from passion_kit.data.prepared import read_case
+from passion_kit.io import USER_ERRORS, error_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             progress=not args.quiet,
         )
-    except (ValueError, FileExistsError, PermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 1
     elapsed = time.perf_counter() - start
     print(f"{out}: {len(written)} new case(s), {args.cases - len(written)} already there")

@@ -19,6 +19,7 @@ import sys
 from passion_kit.data.brats import LAYOUT_CHOICES, find_brats_cases, prepare_brats2020
 from passion_kit.data.cli import preparation_parser, run_preparation
 from passion_kit.data.preprocess import CROP_MODES
+from passion_kit.io import USER_ERRORS, error_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.raw and args.out is None:  # the default folder is named after the layout found
         try:
             dataset = find_brats_cases(args.raw, layout=args.layout)[0].layout
-        except (FileNotFoundError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except USER_ERRORS as exc:
+            print(f"error: {error_line(exc)}", file=sys.stderr)
             return 1
     return run_preparation(
         prepare_brats2020,

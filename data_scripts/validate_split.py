@@ -16,6 +16,7 @@ import sys
 
 from passion_kit.data.description import BUILTIN, load_description
 from passion_kit.data.splits import read_case_ids, read_split, split_summary
+from passion_kit.io import USER_ERRORS, error_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", help="another split that must give the same masks")
     args = ap.parse_args(argv)
 
-    desc = load_description(args.description) if args.description else BUILTIN[args.dataset]
     try:
+        desc = load_description(args.description) if args.description else BUILTIN[args.dataset]
         split = read_split(args.split, desc.modalities)
         expected = read_case_ids(args.cases) if args.cases else None
         print(split_summary(split, expected))
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{len(diff)} case(s) differ from {args.reference}, e.g. {diff[:5]}"
                 )
             print(f"same mask for every case as {args.reference}")
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"invalid: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(f"invalid: {error_line(exc)}", file=sys.stderr)
         return 1
     print(f"valid: {args.split}")
     return 0

@@ -216,14 +216,6 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shown(path) -> str:
-    """A path as the user would type it: relative to the working folder when inside it."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def _literal(text: str):
     import ast
 
@@ -242,6 +234,22 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"an integer >= 0 expected, got {value}")
     return value
+
+
+def _device(text: str) -> str:
+    """auto, cpu, cuda, cuda:N or mps (argparse type; whether it exists is checked later)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"auto, cpu, cuda, cuda:N or mps expected, got {text!r}")
+    return text
+
+
+def _seeds(text: str) -> str:
+    """Comma-separated integers >= 0 (argparse type; kept as text for the grid)."""
+    for part in filter(None, text.split(",")):
+        _count(part)
+    return text
 
 
 def _toy_patch(text: str) -> int:
@@ -278,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--checkpoint", help="default: <run_dir>/checkpoint_last.pt")
     evaluate.add_argument("--split", help="default: the run's data.test_split")
     evaluate.add_argument("--data-root", help="default: the run's prepared dataset")
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--device", default="auto", type=_device)
     evaluate.add_argument(
         "--hd95",
         choices=["official", "brats", "monai"],
@@ -293,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ship.add_argument("--data-root", help="default: $PASSION_KIT_DATA, else ./data")
     ship.add_argument("--run-dir", default="runs")
-    ship.add_argument("--device", default="auto")
+    ship.add_argument("--device", default="auto", type=_device)
     ship.add_argument("--out", help="default: the package's resources/explorer folder")
     ship.set_defaults(func=_explorer_checkpoint)
     rep = sub.add_parser("reproduce", help="run the notebooks over a grid (papermill)")
@@ -301,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--backbones", help="comma-separated, e.g. rfnet,mmformer")
     rep.add_argument("--objectives", help="comma-separated, e.g. baseline,passion")
     rep.add_argument("--missing-rates", help="comma-separated split names, e.g. mr2468,mr1379")
-    rep.add_argument("--seeds", help="comma-separated, e.g. 0,1,2")
+    rep.add_argument("--seeds", type=_seeds, help="comma-separated, e.g. 0,1,2")
     rep.add_argument("--out", default="outputs/reproduce")
     rep.add_argument(
         "--jobs", default="auto", help="points run at once (auto: cores + 1 for CPU grids, else 1)"
@@ -312,25 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         "--debug", action="store_true", help="show the Python traceback of an error"
     )
     args = parser.parse_args(argv)
-    from passion_kit.io import NoSpaceError, RunInUseError
+    from passion_kit.io import report_errors
 
-    try:
-        return args.func(args)
-    except (*USER_ERRORS, NoSpaceError, RunInUseError) as exc:
-        if args.debug:
-            raise
-        # A user error (a bad file, key or value): its message names what is wrong, so
-        # one line says it; --debug shows where it was raised.
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        from passion_kit.config import UsageError
-
-        return 2 if isinstance(exc, UsageError) else 1  # 2: a bad argument, as argparse
-
-
-# Errors the kit raises for bad input (files, keys, values). Anything else is a bug and
-# keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, PermissionError)
+    # A bad file, key or value prints one line naming it (exit 2 for a bad argument, 1
+    # otherwise); --debug shows where it was raised.
+    return report_errors(lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

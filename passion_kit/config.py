@@ -37,6 +37,7 @@ __all__ = [
     "EvalConfig",
     "ExperimentConfig",
     "UsageError",
+    "build_named",
     "PLACE_KEYS",
     "PRESETS",
     "OFFICIAL_SWITCHES",
@@ -52,6 +53,44 @@ PLACE_KEYS = frozenset(
 
 class UsageError(ValueError):
     """A bad command-line value (the CLI exits with status 2, as for a bad argument)."""
+
+    exit_status = 2
+
+
+def build_named(registry: dict[str, Any], name: str, kind: str, options_key: str, **kwargs):
+    """``registry[name](**kwargs)``, with an unknown name or keyword refused on one line.
+
+    ``kind`` names what is built ("backbone"), ``options_key`` the config key whose
+    entries become keywords ("model.options"), so that the error says what to fix.
+    """
+    key = name.lower()
+    if key not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; expected one of {sorted(registry)}")
+    names = _keywords(registry[key])
+    unknown = sorted(set(kwargs) - names) if names is not None else []
+    if unknown:
+        raise ValueError(
+            f"{options_key}: the {key} {kind} takes no option {unknown[0]!r}; "
+            f"it takes {sorted(names)}"
+        )
+    return registry[key](**kwargs)
+
+
+def _keywords(factory: Any) -> set[str] | None:
+    """The keywords ``factory`` accepts, following ``**kwargs`` up a class's bases
+    (None where that cannot be told)."""
+    import inspect
+
+    calls = [vars(c)["__init__"] for c in factory.__mro__ if "__init__" in vars(c)]
+    if not isinstance(factory, type):
+        calls = [factory]
+    names: set[str] = set()
+    for call in calls:
+        params = list(inspect.signature(call).parameters.values())[isinstance(factory, type) :]
+        names |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if all(p.kind is not p.VAR_KEYWORD for p in params):
+            return names
+    return None
 
 
 @dataclass
@@ -173,7 +212,7 @@ class ExperimentConfig:
     @classmethod
     def preset(cls, name: str) -> ExperimentConfig:
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+            raise UsageError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
         return cls.from_dict(PRESETS[name], source=f"preset {name!r}")
 
     @classmethod
@@ -266,6 +305,24 @@ class ExperimentConfig:
             if not ok(value):
                 raise ValueError(f"{source}: {dotted} must be {what}, got {value!r}")
         setattr(target, key, value)
+
+    def validate(self) -> ExperimentConfig:
+        """Check every key's type and range again (a value set in code skips the checks of
+        :meth:`override`); raises :class:`UsageError` naming the first bad key."""
+        for section, cls in _SECTIONS.items():
+            target = getattr(self, section)
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                dotted = f"{section}.{f.name}"
+                value = getattr(target, f.name)
+                try:
+                    value = _coerce(value, hints[f.name], f"config: {dotted}")
+                except ValueError as exc:
+                    raise UsageError(str(exc)) from None
+                if dotted in _RANGES and not _RANGES[dotted][1](value):
+                    what = _RANGES[dotted][0]
+                    raise UsageError(f"config: {dotted} must be {what}, got {value!r}")
+        return self
 
     # --- derived values -----------------------------------------------------------------
     def dataset_root(self) -> Path:
@@ -366,6 +423,14 @@ _RANGES: dict[str, tuple[str, Any]] = {
     "train.amp": ("auto, fast, off, bf16 or fp16", _one_of(*_AMP)),
     "eval.amp": ("auto, fast, off, bf16 or fp16", _one_of(*_AMP)),
     "eval.hd95": ("official, brats or monai", _one_of("official", "brats", "monai")),
+    "data.setting": ("pdt, idt or idt_drop", _one_of("pdt", "idt", "idt_drop")),
+    "data.jitter": ("official or channel", _one_of("official", "channel")),
+    "data.patch_size": ("3 integers >= 1", lambda v: len(v) == 3 and min(v) >= 1),
+    "data.phantom_size": ("an integer >= 16", lambda v: v >= 16),
+    "eval.window": ("3 integers >= 1", lambda v: len(v) == 3 and min(v) >= 1),
+    "objective.reduction": ("mean or sum", _one_of("mean", "sum")),
+    "model.width": ("an integer >= 1", lambda v: v >= 1),
+    "train.keep_epochs": ("integers >= 1", lambda v: all(e >= 1 for e in v)),
 }
 
 

@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +33,9 @@ __all__ = [
     "atomic_torch_save",
     "write_csv",
     "markdown_table",
+    "USER_ERRORS",
+    "error_line",
+    "report_errors",
 ]
 
 TMP_PREFIX = ".tmp-"
@@ -162,8 +166,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     full disk raises :class:`NoSpaceError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -270,3 +277,31 @@ def markdown_table(rows: Any, *, digits: int = 4) -> str:
         cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row.tolist()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# Errors that mean bad input or a machine that cannot do what was asked (a file, key or
+# value; a full or read-only disk; a run in use). Anything else is a bug and keeps its
+# traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, RunInUseError)
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a user error prints: its message, or for an error of the system's own
+    (``[Errno 30] Read-only file system: 'x'``) the file and the reason."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def report_errors(body: Callable[[], int], *, debug: bool = False) -> int:
+    """``body()``'s exit status; a user error prints ``error: <one line>`` on stderr and
+    gives the error's ``exit_status`` (2 for a bad argument, as argparse) or 1.
+    ``debug`` lets it raise, with its traceback."""
+    try:
+        return body()
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        return getattr(exc, "exit_status", 1)

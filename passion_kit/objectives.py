@@ -6,12 +6,12 @@ num_classes=..., **options)``. An objective never imports a concrete backbone.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from passion_kit.balancing.ogm_ge import OGMGEObjective
 from passion_kit.balancing.pmr import PMRObjective
 from passion_kit.balancing.redcore import RedCoreObjective
+from passion_kit.config import build_named
 from passion_kit.method.base import StepResult
 from passion_kit.method.baseline import BaselineObjective
 from passion_kit.method.passion import PassionObjective
@@ -44,17 +44,14 @@ def build_objective(name: str, *, num_modalities: int, num_classes: int, **optio
     """Build an objective by name (see :func:`available_objectives`).
 
     Raises:
-        ValueError: for an unknown name.
+        ValueError: for an unknown name or option.
     """
-    key = name.lower()
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown objective {name!r}; expected one of {available_objectives()}")
-    try:
-        return _REGISTRY[key](num_modalities=num_modalities, num_classes=num_classes, **options)
-    except TypeError as exc:
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        if unknown is None:
-            raise
-        raise ValueError(
-            f"objective.options: the {key} objective takes no option {unknown.group(1)!r}"
-        ) from None
+    return build_named(
+        _REGISTRY,
+        name,
+        "objective",
+        "objective.options",
+        num_modalities=num_modalities,
+        num_classes=num_classes,
+        **options,
+    )

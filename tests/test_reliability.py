@@ -259,6 +259,27 @@ def _bad_config_file(tmp_path):
     return ["train", "--config", str(path)]
 
 
+def _config_file_unknown_preset(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: nope\n")
+    return ["train", "--config", str(path)]
+
+
+def _a_file(tmp_path):
+    path = tmp_path / "a-file"
+    path.write_text("a file where a folder is needed")
+    return path
+
+
+def _data_root_under_a_file(tmp_path):
+    return ["train", *TINY, f"data.root={_a_file(tmp_path) / 'phantom'}"]
+
+
+def _run_dir_under_a_file(tmp_path):
+    return ["train", *TINY, f"data.root={tmp_path / 'phantom'}",
+            f"train.run_dir={_a_file(tmp_path) / 'runs'}"]  # fmt: skip
+
+
 def _dataset_json_list(tmp_path):
     root = tmp_path / "data"
     root.mkdir()
@@ -273,10 +294,35 @@ BAD_INPUTS = [
     ("name-path", ["train", *TINY, "train.name=../x"], 2, "train.name"),
     ("split-path", ["train", *TINY, "data.train_split=../../x"], 2, "data.train_split"),
     ("optimizer", ["train", *TINY, "train.optimizer=sgd"], 2, "train.optimizer"),
-    ("model-option", ["train", *TINY, 'model.options={"nope": 1}'], 1, "model.options"),
-    ("objective-option", ["train", *TINY, 'objective.options={"nope": 1}'], 1, "objective"),
+    ("model-option", ["train", *TINY, 'model.options={"nope": 1}'], 2, "model.options"),
+    ("objective-option", ["train", *TINY, 'objective.options={"nope": 1}'], 2, "objective.options"),
+    (
+        "model-option-value",
+        ["train", *TINY, "model.backbone=mmformer", 'model.options={"kernel": 2}'],
+        2,
+        "model.options",
+    ),
+    ("preset", ["train", "--preset", "nope", *TINY], 2, "preset"),
+    ("patch-rule", ["train", *TINY, "data.patch_size=[8, 8, 8]"], 2, "data.patch_size"),
+    ("patch-zero", ["train", *TINY, "data.patch_size=[0, 16, 16]"], 2, "data.patch_size"),
+    ("patch-over-phantom", ["train", *TINY, "data.patch_size=48"], 2, "data.phantom_size"),
+    ("width", ["train", *TINY, "model.width=3"], 2, "model.width"),
+    ("jitter", ["train", *TINY, "data.jitter=nope"], 2, "data.jitter"),
+    ("setting", ["train", *TINY, "data.setting=full"], 2, "data.setting"),
+    ("window", ["train", *TINY, "eval.window=[0, 16, 16]"], 2, "eval.window"),
+    ("backbone", ["train", *TINY, "model.backbone=unet"], 2, "model.backbone"),
+    ("objective", ["train", *TINY, "objective.name=nope"], 2, "objective.name"),
+    ("device", ["train", *TINY, "train.device=tpu"], 2, "train.device"),
+    ("no-cuda", ["train", *TINY, "train.device=cuda:7"], 2, "train.device"),
+    ("evaluate-device", ["evaluate", "nowhere", "--device", "tpu"], 2, "--device"),
+    ("reproduce-seeds", ["reproduce", "--seeds", "a"], 2, "--seeds"),
+    ("reproduce-jobs", ["reproduce", "--jobs", "x"], 2, "--jobs"),
     ("config-preset-list", _bad_config_file, 1, "preset"),
+    ("config-file-preset", _config_file_unknown_preset, 2, "preset"),
+    ("config-file-folder", lambda tmp: ["train", "--config", str(tmp)], 1, "a folder"),
     ("dataset-json-list", _dataset_json_list, 1, "dataset.json"),
+    ("data-root-unwritable", _data_root_under_a_file, 1, "cannot write the prepared cases"),
+    ("run-dir-unwritable", _run_dir_under_a_file, 1, "cannot write runs"),
     ("quickstart-patch", ["quickstart", "--patch-size", "4096"], 2, "--patch-size"),
     ("evaluate-max-cases", ["evaluate", "nowhere", "--max-cases", "-1"], 2, "--max-cases"),
 ]
@@ -289,11 +335,8 @@ def test_a_bad_input_gives_one_error_line_and_writes_nothing_outside(tmp_path, a
     work = tmp_path / "work"
     work.mkdir()
     args = argv(work) if callable(argv) else argv
-    args = (
-        [*args, f"train.run_dir={work / 'runs'}"]
-        if args[0] == "train" and "--config" not in args
-        else args
-    )
+    given = "--config" in args or any(a.startswith("train.run_dir=") for a in args)
+    args = [*args, f"train.run_dir={work / 'runs'}"] if args[0] == "train" and not given else args
     outside = sorted(p.name for p in tmp_path.parent.iterdir())
     result = _cli(*args, cwd=work)
     assert result.returncode == status, result.stderr
@@ -323,3 +366,19 @@ def test_the_kernel_folders_of_a_killed_grid_are_removed_at_the_next_start(tmp_p
         import shutil
 
         shutil.rmtree(alive, ignore_errors=True)
+
+
+def test_phantom_generation_checks_the_disk_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from passion_kit.data import make_phantom
+    from passion_kit.io import NoSpaceError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(2**30, 2**30 - 2**20, 2**20))
+    with pytest.raises(NoSpaceError, match=r"1 MiB free, 10 prepared case\(s\) needs about"):
+        make_phantom(tmp_path / "phantom", num_cases=10, size=32, progress=False)
+    assert not (tmp_path / "phantom" / "cases").exists() or not any(
+        (tmp_path / "phantom" / "cases").iterdir()
+    )

@@ -37,6 +37,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -57,7 +58,13 @@ from passion_kit.data.prepared import (
     read_case_ids,
     write_case_ids,
 )
-from passion_kit.data.preprocess import check_image, load_on_grid, map_labels, prepare_volume
+from passion_kit.data.preprocess import (
+    check_image,
+    load_on_grid,
+    map_labels,
+    prepare_volume,
+    walk_folders,
+)
 from passion_kit.data.splits import read_split, shipped, write_split
 
 __all__ = [
@@ -144,11 +151,13 @@ class BratsSource:
 
 
 def _find_nifti(folder: Path, stem: str) -> Path | None:
-    for ext in _NII:
-        p = folder / f"{stem}{ext}"
-        if p.is_file():
-            return p
-    return None
+    """The one file ``<stem>.nii`` or ``<stem>.nii.gz`` in ``folder``; both is an error."""
+    found = [folder / f"{stem}{ext}" for ext in _NII if (folder / f"{stem}{ext}").is_file()]
+    if len(found) > 1:
+        raise ValueError(
+            f"{found[0]} and {found[1].name}: two files for one image; keep one of them"
+        )
+    return found[0] if found else None
 
 
 def _layouts(layout: str) -> list[BratsLayout]:
@@ -186,7 +195,7 @@ def find_brats_cases(
     challenge sets (``*_Validation_XXX``, ``*_Testing_XXX``) are skipped.
 
     Args:
-        raw_root: the folder to search (recursively).
+        raw_root: the folder to search (recursively, following linked folders).
         crop_mode: recorded in each source.
         layout: ``"brats2020"``, ``"brats2023"`` or ``"auto"`` (whichever is found; a
             folder holding both is refused).
@@ -194,15 +203,15 @@ def find_brats_cases(
     Raises:
         FileNotFoundError: if ``raw_root`` does not exist or holds no case folder.
         ValueError: for an unknown layout, both layouts under ``raw_root`` with
-            ``"auto"``, or a case found twice.
+            ``"auto"``, a case found twice, or two files for one image (``.nii`` and
+            ``.nii.gz``).
     """
     layouts = _layouts(layout)
     root = Path(raw_root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: raw BraTS folder not found")
     found: dict[str, list[BratsSource]] = {lay.name: [] for lay in layouts}
-    for dirpath, _, filenames in os.walk(root):
-        folder = Path(dirpath)
+    for folder, _, filenames in walk_folders(root):  # linked case folders too
         names = set(filenames)
         if _UNLABELLED.search(folder.name):
             continue
@@ -388,5 +397,24 @@ def prepare_brats2020(
         _write_brats_splits(out, description)
     ids = [s.case_id for s in sources]
     return prepare_all(
-        sources, ids, fn, out, workers=workers, progress=progress, desc=description.name
+        sources,
+        ids,
+        fn,
+        out,
+        workers=workers,
+        progress=progress,
+        desc=description.name,
+        case_bytes=_case_bytes(sources[0]) if sources else 0,
     )
+
+
+def _case_bytes(source: BratsSource | RfnetSource) -> int:
+    """About what one prepared case takes on disk: float32 channels and a uint8 label of
+    the brain box, taken as half the volume (the box is about a third of a BraTS volume)."""
+    if isinstance(source, RfnetSource):  # already cropped
+        return os.path.getsize(source.vol) + os.path.getsize(source.seg)
+    import nibabel as nib
+
+    first = next(path for path in source.files.values() if path)
+    voxels = math.prod(nib.load(first).shape[:3])
+    return int(voxels * (4 * len(source.modalities) + 1) * 0.5)

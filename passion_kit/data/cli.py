@@ -10,6 +10,7 @@ from pathlib import Path
 
 from passion_kit.data.description import data_root
 from passion_kit.data.prepared import PreparationError
+from passion_kit.io import USER_ERRORS, error_line
 
 __all__ = ["preparation_parser", "run_preparation"]
 
@@ -39,8 +40,11 @@ def run_preparation(
     out = Path(args.out) if args.out else data_root() / dataset
     try:
         done = prepare(out, workers=args.workers, progress=not args.quiet, **options)
-    except (PreparationError, FileNotFoundError, ValueError) as exc:
+    except PreparationError as exc:  # one line, then one line per failed case
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except USER_ERRORS as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 1
     print(f"{out}: prepared {len(done)} new {what}")
     return 0

@@ -164,6 +164,12 @@ class PreparedDataset(Dataset):
         d = case_dir(self.root, case_id)
         image = load_array(d / "image.npy", "r")
         label = load_array(d / "label.npy", "r")
+        m = self.description.modalities.num_modalities
+        if image.ndim != 4 or image.shape[0] != m or label.shape != image.shape[1:]:
+            raise ValueError(
+                f"case {case_id} ({d}): image.npy {image.shape} and label.npy {label.shape} "
+                f"do not fit; expected ({m}, *size) and size"
+            )
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
         ms = self.description.modalities
         if self.setting == "pdt":

@@ -32,7 +32,7 @@ import numpy as np
 
 from passion_kit.data.description import MYOPS2020, save_description
 from passion_kit.data.prepared import PreparedCase, prepare_all, read_case_ids, write_case_ids
-from passion_kit.data.preprocess import check_image, load_on_grid, map_labels, zscore
+from passion_kit.data.preprocess import check_image, load_on_grid, map_labels, walk_folders, zscore
 from passion_kit.data.splits import read_split, shipped, write_split
 
 __all__ = [
@@ -78,7 +78,7 @@ def find_myops_cases(raw_root: str | os.PathLike, *, crop: int | None = CROP) ->
         raise FileNotFoundError(f"{root}: raw MyoPS folder not found")
     found: dict[str, dict[str, str]] = {}
     by_suffix = {v: k for k, v in MYOPS_FILE_SUFFIX.items()}
-    for dirpath, _, filenames in os.walk(root):
+    for dirpath, _, filenames in walk_folders(root):  # linked folders too
         for name in filenames:
             m = _FILE.match(name)
             if not m:

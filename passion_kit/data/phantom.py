@@ -288,7 +288,14 @@ def make_phantom(
     sources = [PhantomSource(i, size, seed) for i in range(num_cases)]
     ids = [s.case_id for s in sources]
     written = prepare_all(
-        sources, ids, _build, root, workers=workers, progress=progress, desc="phantom"
+        sources,
+        ids,
+        _build,
+        root,
+        workers=workers,
+        progress=progress,
+        desc="phantom",
+        case_bytes=(4 * len(PHANTOM.modalities.modalities) + 1) * size**3 + 4096,
     )
     n_test, n_val = max(1, round(0.3 * num_cases)), max(1, round(0.1 * num_cases))
     n_train = num_cases - n_test - n_val

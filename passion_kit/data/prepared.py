@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from passion_kit.io import TMP_PREFIX, atomic_write_text, read_text, umask
+from passion_kit.io import (
+    TMP_PREFIX,
+    atomic_write_text,
+    check_free_space,
+    check_writable,
+    read_text,
+    umask,
+)
 
 __all__ = [
     "CASES",
@@ -116,6 +123,11 @@ def read_case(
         raise FileNotFoundError(f"{d}: no such prepared case")
     mode = "r" if mmap else None
     image, label = (load_array(d / name, mode) for name in ("image.npy", "label.npy"))
+    if image.ndim != 4 or label.shape != image.shape[1:]:
+        raise ValueError(
+            f"{d}: image.npy {image.shape} and label.npy {label.shape} do not fit; "
+            f"expected (M, *size) and size"
+        )
     meta = json.loads((d / "meta.json").read_text())
     return image, label, meta
 
@@ -181,6 +193,7 @@ def prepare_all(
     workers: int = 1,
     progress: bool = True,
     desc: str = "preparing",
+    case_bytes: int = 0,
 ) -> list[str]:
     """Prepare every source whose case is not yet on disk.
 
@@ -192,6 +205,8 @@ def prepare_all(
         workers: worker processes; 1 runs in this process.
         progress: show a tqdm progress bar.
         desc: progress bar label.
+        case_bytes: about what one prepared case takes on disk; with the folder's
+            writability, the free space for the cases to do is checked before any work.
 
     Returns:
         The case ids prepared by this call (already-prepared ones are skipped untouched).
@@ -203,9 +218,11 @@ def prepare_all(
     if len(sources) != len(case_ids):
         raise ValueError(f"got {len(sources)} sources but {len(case_ids)} case ids")
     root = Path(root)
+    check_writable(root, "the prepared cases")
     _remove_stale_temps(root)
     done = set(list_cases(root))
     todo = [(s, c) for s, c in zip(sources, case_ids, strict=True) if c not in done]
+    check_free_space(root, len(todo) * case_bytes, f"{len(todo)} prepared case(s)")
     failures: list[str] = []
     prepared: list[str] = []
     bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, unit="case")

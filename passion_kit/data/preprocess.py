@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +28,7 @@ __all__ = [
     "map_labels",
     "prepare_volume",
     "uncrop",
+    "walk_folders",
     "zscore",
 ]
 
@@ -198,9 +201,47 @@ def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     try:
         img = nib.load(str(path))
-        return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
     except Exception as exc:  # nibabel raises many types for unreadable files
-        raise ValueError(f"{path}: cannot read NIfTI: {exc}") from exc
+        raise ValueError(f"{path}: cannot read NIfTI: {_reason(exc)}") from exc
+    shape, dtype = tuple(img.shape), img.get_data_dtype()
+    size = math.prod(shape) * dtype.itemsize
+    if size > _memory_bytes():
+        raise ValueError(
+            f"{path}: its header claims {'x'.join(map(str, shape))} voxels of {dtype} "
+            f"({size / 2**30:.0f} GiB), more than this machine's memory"
+        )
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read NIfTI: {_reason(exc)}") from exc
+    if np.iscomplexobj(data):
+        raise ValueError(f"{path}: complex values ({data.dtype}); a real-valued image expected")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def walk_folders(root: str | os.PathLike):
+    """``(folder, dirnames, filenames)`` of every folder under ``root``, as ``os.walk``,
+    following linked folders (a raw dataset is often assembled from links) once each."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back to a folder already walked
+            dirnames.clear()
+            continue
+        seen.add(real)
+        yield Path(dirpath), dirnames, filenames
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _memory_bytes() -> int:
+    """The machine's physical memory (a bound for one volume), or a large number."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**63
 
 
 # (path, shape, affine) of the first file of a case: the grid the others must share.

@@ -369,6 +369,8 @@ def write_split(
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; a split is written to a .csv file")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists; pass overwrite=True (--overwrite)")
     ms = split.modalities

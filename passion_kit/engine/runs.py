@@ -12,12 +12,24 @@ import pickle
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from passion_kit.config import ExperimentConfig
 from passion_kit.fast import speed_up
+from passion_kit.method.baseline import Deviations
 from passion_kit.models import Backbone, build_backbone
+from passion_kit.objectives import build_objective
 
-__all__ = ["RunFiles", "build_model", "check_compatible", "ensure_data", "load_checkpoint"]
+__all__ = [
+    "RunFiles",
+    "build_model",
+    "build_objective_from",
+    "check_compatible",
+    "check_config",
+    "ensure_data",
+    "eta_scale",
+    "load_checkpoint",
+]
 
 
 class RunFiles:
@@ -53,6 +65,115 @@ def build_model(cfg: ExperimentConfig, num_modalities: int, num_classes: int) ->
         **cfg.model.options,
     )
     return speed_up(backbone) if cfg.train.fast_kernels else backbone
+
+
+# The config key a construction error is about, told by a word of its message.
+_KEY_OF_ERROR = (
+    ("model.options", "model.options"),
+    ("objective.options", "objective.options"),
+    ("unknown backbone", "model.backbone"),
+    ("unknown objective", "objective.name"),
+    ("width", "model.width"),
+    ("patch_size", "data.patch_size"),
+)  # anything else the model or objective refuses comes from its options
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """Refuse, before any work, a config that could only fail later: every key's type and
+    range, a phantom smaller than the patch, the device, and a model or objective that cannot
+    be built (both are built on the meta device: no memory, no time). Raises
+    :class:`~passion_kit.config.UsageError` naming the key."""
+    from passion_kit.config import UsageError
+    from passion_kit.engine.runtime import select_device
+
+    cfg.validate()
+    d = cfg.data
+    if d.dataset == "phantom" and d.phantom_cases > 0 and max(d.patch_size) > d.phantom_size:
+        raise UsageError(
+            f"data.patch_size {tuple(d.patch_size)} is larger than the phantom's volume "
+            f"(data.phantom_size={d.phantom_size}): lower it or raise data.phantom_size"
+        )
+    try:
+        select_device(cfg.train.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for default_key, build in (
+        ("model.options", lambda: build_model(cfg, 4, 4)),  # M, K change nothing checked
+        ("objective.options", lambda: build_objective_from(cfg, 4, 4)),
+    ):
+        try:
+            with torch.device("meta"):
+                build()
+        except ValueError as exc:
+            message = str(exc)
+            key = next((k for word, k in _KEY_OF_ERROR if word in message), default_key)
+            raise UsageError(message if message.startswith(key) else f"{key}: {message}") from None
+
+
+def build_objective_from(cfg: ExperimentConfig, num_modalities: int, num_classes: int):
+    """The config's objective (``objective.*``), for a dataset of M modalities, K classes."""
+    o = cfg.objective
+    if o.name not in ("passion", "baseline"):
+        options = dict(o.options)
+        if o.name == "ogm_ge":
+            options.setdefault("seed", cfg.train.seed)  # its gradient noise
+        return _fast(
+            cfg,
+            build_objective(
+                o.name, num_modalities=num_modalities, num_classes=num_classes, **options
+            ),
+        )
+    official = Deviations.official(cfg.data.setting)
+    deviations = Deviations(
+        # "official": all four in PDT (the official HEAD), else the available
+        students=official.students if o.students == "official" else o.students,
+        reduction=o.reduction,
+        skip_degenerate=o.skip_degenerate,
+        exclude_single_modality=o.exclude_single_modality,
+        keep_self_students=o.keep_self_students,
+        # "official": per modality in IDT, per iteration otherwise
+        epoch_distance=(
+            official.epoch_distance if o.epoch_distance == "official" else o.epoch_distance
+        ),
+        warmup_decay=o.warmup_decay,
+    )
+    options = dict(
+        weight_sep=o.weight_sep,
+        deviations=deviations,
+        track_every=o.track_every,
+        eta=o.eta,
+        eta_factor=o.eta_factor,
+        eta_every=o.eta_every,
+        beta_range=tuple(o.beta_range),
+        warmup_epochs=o.warmup_epochs,
+        eta_scale=eta_scale(cfg),
+    )
+    if o.name == "passion":
+        options.update(
+            temperature=o.temperature, weight_pixel=o.weight_pixel, weight_proto=o.weight_proto
+        )
+    else:
+        options.update(track_distance=o.track_distance)
+    options.update(o.options)
+    objective = build_objective(
+        o.name, num_modalities=num_modalities, num_classes=num_classes, **options
+    )
+    return _fast(cfg, objective)
+
+
+def _fast(cfg: ExperimentConfig, objective):
+    """The objective with its losses' Up on the fast kernel if ``train.fast_kernels``."""
+    if cfg.train.fast_kernels and isinstance(getattr(objective, "upsample", None), nn.Module):
+        speed_up(objective.upsample)
+    return objective
+
+
+def eta_scale(cfg: ExperimentConfig) -> float:
+    """Schedule epochs per training epoch: ``objective.eta_epochs / train.epochs`` (1 if 0)."""
+    n = cfg.objective.eta_epochs
+    if n < 0:
+        raise ValueError(f"objective.eta_epochs must be >= 0, got {n}")
+    return n / cfg.train.epochs if n else 1.0
 
 
 def ensure_data(cfg: ExperimentConfig, root: Path) -> None:

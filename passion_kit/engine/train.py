@@ -45,8 +45,11 @@ from passion_kit.data import PreparedDataset, augment_for
 from passion_kit.engine.runs import (
     RunFiles,
     build_model,
+    build_objective_from,
     check_compatible,
+    check_config,
     ensure_data,
+    eta_scale,
     load_checkpoint,
 )
 from passion_kit.engine.runtime import (
@@ -55,7 +58,6 @@ from passion_kit.engine.runtime import (
     reuse_freed_memory,
     select_device,
 )
-from passion_kit.fast import speed_up
 from passion_kit.io import (
     RunLock,
     atomic_torch_save,
@@ -66,9 +68,7 @@ from passion_kit.io import (
     remove_stale_temps,
     write_csv,
 )
-from passion_kit.method.baseline import Deviations
 from passion_kit.models import Backbone
-from passion_kit.objectives import build_objective
 
 __all__ = ["fit", "build_objective_from", "eta_scale", "poly_lr"]
 
@@ -137,13 +137,9 @@ class _Run:
 
 def _set_up(cfg: ExperimentConfig) -> _Run:
     """Device and processes, the training set, the model, objective and optimizer."""
+    check_config(cfg)  # every key, before any work
+    check_writable(cfg.train.run_dir, "runs")  # before the data is generated
     device, rank, world = _start_processes(cfg)
-    for name in ("epochs", "batch_size"):
-        value = getattr(cfg.train, name)
-        if value < 1:
-            raise ValueError(f"train.{name} must be >= 1, got {value}")
-    if cfg.train.optimizer not in ("adamw", "adam"):
-        raise ValueError(f"train.optimizer must be adamw or adam, got {cfg.train.optimizer!r}")
     dataset = _training_set(cfg, rank, world)
     m = dataset.description.num_modalities
     k = len(dataset.description.classes)
@@ -334,72 +330,6 @@ def _sum(t: torch.Tensor) -> torch.Tensor:
 def poly_lr(base: float, epoch: int, epochs: int, power: float = 0.9) -> float:
     """The official poly schedule, set once per epoch: ``round(base (1 - e/E)^power, 8)``."""
     return round(base * (1 - epoch / epochs) ** power, 8)
-
-
-def build_objective_from(cfg: ExperimentConfig, num_modalities: int, num_classes: int):
-    """The config's objective (``objective.*``), for a dataset of M modalities, K classes."""
-    o = cfg.objective
-    if o.name not in ("passion", "baseline"):
-        options = dict(o.options)
-        if o.name == "ogm_ge":
-            options.setdefault("seed", cfg.train.seed)  # its gradient noise
-        return _fast(
-            cfg,
-            build_objective(
-                o.name, num_modalities=num_modalities, num_classes=num_classes, **options
-            ),
-        )
-    official = Deviations.official(cfg.data.setting)
-    deviations = Deviations(
-        # "official": all four in PDT (the official HEAD), else the available
-        students=official.students if o.students == "official" else o.students,
-        reduction=o.reduction,
-        skip_degenerate=o.skip_degenerate,
-        exclude_single_modality=o.exclude_single_modality,
-        keep_self_students=o.keep_self_students,
-        # "official": per modality in IDT, per iteration otherwise
-        epoch_distance=(
-            official.epoch_distance if o.epoch_distance == "official" else o.epoch_distance
-        ),
-        warmup_decay=o.warmup_decay,
-    )
-    options = dict(
-        weight_sep=o.weight_sep,
-        deviations=deviations,
-        track_every=o.track_every,
-        eta=o.eta,
-        eta_factor=o.eta_factor,
-        eta_every=o.eta_every,
-        beta_range=tuple(o.beta_range),
-        warmup_epochs=o.warmup_epochs,
-        eta_scale=eta_scale(cfg),
-    )
-    if o.name == "passion":
-        options.update(
-            temperature=o.temperature, weight_pixel=o.weight_pixel, weight_proto=o.weight_proto
-        )
-    else:
-        options.update(track_distance=o.track_distance)
-    options.update(o.options)
-    objective = build_objective(
-        o.name, num_modalities=num_modalities, num_classes=num_classes, **options
-    )
-    return _fast(cfg, objective)
-
-
-def _fast(cfg: ExperimentConfig, objective):
-    """The objective with its losses' Up on the fast kernel if ``train.fast_kernels``."""
-    if cfg.train.fast_kernels and isinstance(getattr(objective, "upsample", None), nn.Module):
-        speed_up(objective.upsample)
-    return objective
-
-
-def eta_scale(cfg: ExperimentConfig) -> float:
-    """Schedule epochs per training epoch: ``objective.eta_epochs / train.epochs`` (1 if 0)."""
-    n = cfg.objective.eta_epochs
-    if n < 0:
-        raise ValueError(f"objective.eta_epochs must be >= 0, got {n}")
-    return n / cfg.train.epochs if n else 1.0
 
 
 def _reseed(seed: int, epoch: int) -> None:

@@ -5,9 +5,9 @@ A new backbone is one file plus one line in ``_REGISTRY``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
+from passion_kit.config import build_named
 from passion_kit.models.base import Backbone, FusionOut
 from passion_kit.models.m2ftrans import M2FTrans
 from passion_kit.models.mmformer import MMFormer
@@ -54,23 +54,16 @@ def build_backbone(
         **options: backbone-specific options.
 
     Raises:
-        ValueError: for an unknown name.
+        ValueError: for an unknown name or option.
     """
-    key = name.lower()
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {available_backbones()}")
-    try:
-        return _REGISTRY[key](
-            num_modalities=num_modalities,
-            num_classes=num_classes,
-            width=width,
-            patch_size=patch_size,
-            **options,
-        )
-    except TypeError as exc:
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        if unknown is None:
-            raise
-        raise ValueError(
-            f"model.options: the {key} backbone takes no option {unknown.group(1)!r}"
-        ) from None
+    return build_named(
+        _REGISTRY,
+        name,
+        "backbone",
+        "model.options",
+        num_modalities=num_modalities,
+        num_classes=num_classes,
+        width=width,
+        patch_size=patch_size,
+        **options,
+    )

@@ -119,6 +119,33 @@ def _break_missing_label(folder):
     return "missing label file"
 
 
+def _break_complex(folder):
+    images, _ = brats_arrays(0)
+    save_nifti(folder / f"{folder.name}_t1.nii.gz", images["t1"].astype(np.complex64) * 1j)
+    return r"t1.nii.gz: complex values \(complex64\); a real-valued image expected"
+
+
+def _break_short_label(folder):
+    _, label = brats_arrays(0)
+    save_nifti(folder / f"{folder.name}_seg.nii.gz", label[:, :, :-1])
+    return r"seg.nii.gz: shape .* differs from"
+
+
+def _break_huge_header(folder):
+    """A header that claims 10000^3 voxels over a small file's bytes."""
+    import gzip
+
+    path = folder / f"{folder.name}_t2.nii.gz"
+    img = nib.load(str(path))
+    header = img.header.copy()
+    header.set_data_shape((10000, 10000, 10000))
+    data = np.asanyarray(img.dataobj).astype(header.get_data_dtype()).tobytes()
+    pad = int(header["vox_offset"]) - len(header.binaryblock)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header.binaryblock + b"\0" * pad + data)
+    return r"t2.nii.gz: its header claims 10000x10000x10000 voxels of \w+ \(\d+ GiB\), more"
+
+
 @pytest.mark.parametrize(
     "breaker",
     [
@@ -129,6 +156,9 @@ def _break_missing_label(folder):
         _break_nan,
         _break_empty,
         _break_missing_label,
+        _break_complex,
+        _break_short_label,
+        _break_huge_header,
     ],  # fmt: skip
 )
 def test_bad_inputs_fail_clearly_and_leave_nothing_half_written(
@@ -310,3 +340,39 @@ def test_a_folder_holding_another_dataset_is_refused(make_brats_like, tmp_path):
     with pytest.raises(ValueError, match=r"dataset.json: holds brats2020, not brats2023"):
         prepare_brats2020(out, raw_root=tmp_path / "r23", progress=False)
     assert list_cases(out) == ["HG_BraTS20_Training_001"]
+
+
+def test_linked_case_folders_are_followed_once_and_two_files_for_one_image_refused(
+    make_brats_like, tmp_path
+):
+    raw = tmp_path / "raw"
+    make_brats_like(raw, cases=2, size=SMALL)
+    moved = tmp_path / "elsewhere" / "BraTS20_Training_002"
+    moved.parent.mkdir()
+    (raw / "BraTS20_Training_002").rename(moved)
+    (raw / "BraTS20_Training_002").symlink_to(moved, target_is_directory=True)
+    (raw / "BraTS20_Training_001" / "up").symlink_to(raw, target_is_directory=True)  # a loop
+    ids = [s.case_id for s in find_brats_cases(raw)]
+    assert ids == ["HG_BraTS20_Training_001", "HG_BraTS20_Training_002"]
+    folder = raw / "BraTS20_Training_001"
+    img = nib.load(str(folder / "BraTS20_Training_001_flair.nii.gz"))
+    nib.save(img, str(folder / "BraTS20_Training_001_flair.nii"))
+    with pytest.raises(ValueError, match=r"_flair.nii.gz and BraTS20_Training_001_flair.nii: two"):
+        find_brats_cases(raw)
+
+
+def test_a_prepared_label_that_does_not_fit_its_image_is_refused(make_brats_like, tmp_path):
+    from passion_kit.data import PreparedDataset
+
+    raw, out = tmp_path / "raw", tmp_path / "prepared"
+    make_brats_like(raw, cases=1, size=SMALL)
+    prepare_brats2020(out, raw_root=raw, progress=False)
+    (case,) = list_cases(out)
+    label_path = out / "cases" / case / "label.npy"
+    np.save(label_path, np.load(label_path)[:, :, :-1])
+    with pytest.raises(ValueError, match=r"image.npy .* and label.npy .* do not fit"):
+        read_case(out, case)
+    (out / "splits").mkdir(exist_ok=True)
+    (out / "splits" / "one.txt").write_text(case + "\n")
+    with pytest.raises(ValueError, match=r"do not fit"):
+        PreparedDataset(out, "one", setting="pdt")[0]

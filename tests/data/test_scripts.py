@@ -54,6 +54,28 @@ def test_named_rates_write_the_official_mr2468(train_txt, tmp_path, capsys):
     assert make([*argv[:3], "flair=0.6", "--out", str(tmp_path / "x.csv")]) == 2
 
 
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--description", "{tmp}/list.json"], "not a list"),
+        (["--description", "{tmp}/none.json"], "none.json"),
+        (["--out", "{tmp}/folder"], "is a folder"),
+        (["--out", "{tmp}/file.txt/x.csv"], "file.txt/x.csv"),
+    ],
+)
+def test_a_bad_description_or_out_is_one_error_line(train_txt, tmp_path, capsys, extra, named):
+    make = load_script("make_missing_rate_split").main
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.txt").write_text("a file where a folder is needed")
+    argv = ["--cases", str(train_txt), "--rates", "mr2468", "--out", str(tmp_path / "s.csv")]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert make([*argv, *(a.format(tmp=tmp_path) for a in extra)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_validate_split(train_txt, tmp_path, capsys):
     validate = load_script("validate_split").main
     published = str(shipped("brats2020/Brats2020_imb_split_mr2468.csv"))
