@@ -18,6 +18,7 @@ import torch
 
 __all__ = [
     "TMP_PREFIX",
+    "BadNameError",
     "NoSpaceError",
     "umask",
     "atomic_write",
@@ -42,15 +43,21 @@ TMP_PREFIX = ".tmp-"
 LOCK_NAME = ".lock"
 
 
+class BadNameError(ValueError):
+    """A name or path part that would lead outside its folder (a bad argument: exit 2)."""
+
+    exit_status = 2
+
+
 def check_name(name: str, what: str) -> str:
     """``name`` if it can be one part of a path: not empty, no separator, not ``.``/``..``,
-    at most 255 bytes; else a ValueError naming ``what``."""
+    at most 255 bytes; else a :class:`BadNameError` (a ValueError) naming ``what``."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{what} must be a non-empty name, got {name!r}")
+        raise BadNameError(f"{what} must be a non-empty name, got {name!r}")
     if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise ValueError(f"{what} must be a name, not a path, got {name!r}")
+        raise BadNameError(f"{what} must be a name, not a path, got {name!r}")
     if len(name.encode()) > 255:
-        raise ValueError(f"{what} is {len(name.encode())} bytes long; a name has at most 255")
+        raise BadNameError(f"{what} is {len(name.encode())} bytes long; a name has at most 255")
     return name
 
 
@@ -59,7 +66,7 @@ def inside(root: str | os.PathLike, *parts: str, what: str) -> Path:
     base = Path(root).resolve()
     path = base.joinpath(*parts).resolve()
     if path != base and base not in path.parents:
-        raise ValueError(f"{what} {Path(*parts)} leads outside {root}: refused")
+        raise BadNameError(f"{what} {Path(*parts)} leads outside {root}: refused")
     return path
 
 

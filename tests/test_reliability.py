@@ -280,6 +280,18 @@ def _run_dir_under_a_file(tmp_path):
             f"train.run_dir={_a_file(tmp_path) / 'runs'}"]  # fmt: skip
 
 
+def _dataset_json_spacing(tmp_path):
+    import json
+
+    from passion_kit.data import make_phantom
+
+    root = tmp_path / "phantom"
+    make_phantom(root, num_cases=10, size=32, progress=False)
+    description = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps(description | {"spacing": [0, 0, 0]}))
+    return ["train", *TINY, f"data.root={root}"]
+
+
 def _dataset_json_list(tmp_path):
     root = tmp_path / "data"
     root.mkdir()
@@ -321,6 +333,8 @@ BAD_INPUTS = [
     ("config-file-preset", _config_file_unknown_preset, 2, "preset"),
     ("config-file-folder", lambda tmp: ["train", "--config", str(tmp)], 1, "a folder"),
     ("dataset-json-list", _dataset_json_list, 1, "dataset.json"),
+    ("dataset-json-spacing", _dataset_json_spacing, 1, "spacing must be voxel sizes > 0"),
+    ("name-too-long", ["train", *TINY, f"train.name={'x' * 256}"], 2, "train.name"),
     ("data-root-unwritable", _data_root_under_a_file, 1, "cannot write the prepared cases"),
     ("run-dir-unwritable", _run_dir_under_a_file, 1, "cannot write runs"),
     ("quickstart-patch", ["quickstart", "--patch-size", "4096"], 2, "--patch-size"),
@@ -382,3 +396,53 @@ def test_phantom_generation_checks_the_disk_before_writing(tmp_path, monkeypatch
     assert not (tmp_path / "phantom" / "cases").exists() or not any(
         (tmp_path / "phantom" / "cases").iterdir()
     )
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "named"),
+    [
+        (["--split", "../../x"], 2, "the split must be a name"),
+        (["--checkpoint", "{tmp}/list.pt"], 1, "not a passion-kit checkpoint"),
+        (["--checkpoint", "{tmp}/code.pt"], 1, "more than tensors, numbers, strings"),
+    ],
+)
+def test_evaluate_refuses_a_bad_split_or_checkpoint_on_one_line(
+    two_runs, tmp_path, extra, status, named
+):
+    import fractions
+
+    import torch
+
+    run = _copy_run(two_runs[0], tmp_path)
+    state = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    torch.save(state | {"model": list(state["model"].values())}, tmp_path / "list.pt")
+    torch.save(state | {"extra": fractions.Fraction(1, 3)}, tmp_path / "code.pt")  # a class
+    before = sorted(p.name for p in tmp_path.parent.iterdir())
+    args = [a.format(tmp=tmp_path) for a in extra]
+    result = _cli("evaluate", str(run), "--device", "cpu", "--max-cases", "1", *args, cwd=tmp_path)
+    assert result.returncode == status, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and named in errors[0], result.stderr
+    assert not (run / "eval").exists()
+    assert sorted(p.name for p in tmp_path.parent.iterdir()) == before
+
+
+def test_a_resume_that_cannot_write_stops_before_training(
+    two_runs, phantom_root, tmp_path, monkeypatch
+):
+    import passion_kit.engine.train as train
+    from tests.conftest import tiny_config
+
+    run = _copy_run(two_runs[0], tmp_path)
+    cfg = tiny_config(phantom_root, tmp_path, "train.epochs=2", f"train.name={run.name}")
+
+    def refuse(folder, what):
+        raise PermissionError(f"{folder}: cannot write {what} there (Read-only file system)")
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained before checking that the run can be written")
+
+    monkeypatch.setattr(train, "check_writable", refuse)
+    monkeypatch.setattr(train, "_train_one_epoch", never)
+    with pytest.raises(PermissionError, match="cannot write runs there"):
+        train.fit(cfg)
