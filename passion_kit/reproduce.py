@@ -388,14 +388,15 @@ def gather(out: str | os.PathLike, points: list[dict]) -> dict[str, Path]:
         mean = summary[summary["combination"] == "mean"].iloc[0]
         dice = {c.removeprefix("dice_"): mean[c] for c in summary.columns if c.startswith("dice_")}
         keys = ("backbone", "objective", "missing_rates", "seed")
-        rows.append({k: params[k] for k in keys} | dice)
+        # the setting names a point too: the imbalance grid's IDT and PDT runs never pool
+        setting = {"setting": params.get("setting", "idt")}  # idt: the notebook's default
+        rows.append({k: params[k] for k in keys} | setting | dice)
     if not rows:
         raise RuntimeError(f"no finished point under {out / 'runs'}")
     table = pd.DataFrame(rows)
-    regions = [
-        c for c in table.columns if c not in ("backbone", "objective", "missing_rates", "seed")
-    ]
-    by = ["backbone", "missing_rates", "objective"]
+    named = ("backbone", "objective", "missing_rates", "setting", "seed")
+    regions = [c for c in table.columns if c not in named]
+    by = ["backbone", "missing_rates", "setting", "objective"]
     mean = table.groupby(by, sort=False)[regions].agg(["mean", "std", "count"]).reset_index()
     mean.columns = [" ".join(c).strip() if isinstance(c, tuple) else c for c in mean.columns]
     paths = {

@@ -92,8 +92,35 @@ def test_gather_tables_runs_and_their_mean_over_seeds(tmp_path):
     assert seeds.loc["passion", "WT mean"] == pytest.approx(0.35)
     assert seeds.loc["passion", "WT std"] == pytest.approx(0.0707107, rel=1e-5)  # sample std
     text = paths["markdown"].read_text()
-    assert "| rfnet | mr2468 | passion | 2 | 0.350 ± 0.071 | 0.175 ± 0.035 |" in text
+    assert "| rfnet | mr2468 | idt | passion | 2 | 0.350 ± 0.071 | 0.175 ± 0.035 |" in text
     assert paths["figure"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gather_keeps_the_settings_apart(tmp_path):
+    """The imbalance grid's IDT and PDT runs of one objective are two rows over seeds, not
+    one pooled row."""
+    import pandas as pd
+
+    from passion_kit.reproduce import Grid, gather
+
+    grid = Grid(objectives=["baseline"], settings=["idt", "pdt"], seeds=[0, 1])
+    points = grid_points(grid)
+    for point in points:
+        folder = tmp_path / "runs" / point["name"] / "eval" / "test"
+        folder.mkdir(parents=True)
+        dice = (0.8 if point["setting"] == "idt" else 0.9) + 0.01 * point["seed"]
+        pd.DataFrame({"combination": ["t1", "mean"], "dice_WT": [0.0, dice]}).to_csv(
+            folder / "summary.csv", index=False
+        )
+    paths = gather(tmp_path, points)
+    table = pd.read_csv(paths["table"])
+    assert sorted(table["setting"]) == ["idt", "idt", "pdt", "pdt"]
+    named = ("backbone", "objective", "missing_rates", "setting", "seed")
+    assert [c for c in table.columns if c not in named] == ["WT"]
+    seeds = pd.read_csv(paths["seeds"]).set_index("setting")
+    assert len(seeds) == 2 and (seeds["WT count"] == 2).all()
+    assert seeds.loc["idt", "WT mean"] == pytest.approx(0.805)
+    assert seeds.loc["pdt", "WT mean"] == pytest.approx(0.905)
 
 
 def test_paired_effect_by_seed_with_a_t_interval(tmp_path):
