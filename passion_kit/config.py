@@ -81,8 +81,9 @@ def _keywords(factory: Any) -> set[str] | None:
     (None where that cannot be told)."""
     import inspect
 
-    calls = [vars(c)["__init__"] for c in factory.__mro__ if "__init__" in vars(c)]
-    if not isinstance(factory, type):
+    if isinstance(factory, type):
+        calls = [vars(c)["__init__"] for c in factory.__mro__ if "__init__" in vars(c)]
+    else:
         calls = [factory]
     names: set[str] = set()
     for call in calls:

@@ -140,3 +140,29 @@ def test_choice_keys_name_the_key_and_the_choices():
     ]:
         with pytest.raises(ValueError, match=words):
             ExperimentConfig.preset("cpu").override([item])
+
+
+def test_build_named_refuses_an_unknown_name_or_keyword_and_follows_kwargs_up_the_bases():
+    from passion_kit.config import build_named
+
+    class Base:
+        def __init__(self, *, a=1, b=2):
+            self.a, self.b = a, b
+
+    class Child(Base):
+        def __init__(self, *, c=3, **rest):
+            super().__init__(**rest)
+            self.c = c
+
+    def function(x, *, y=0):
+        return x + y
+
+    registry = {"child": Child, "function": function}
+    assert build_named(registry, "Child", "thing", "x.options", a=5, c=6).a == 5
+    assert build_named(registry, "function", "thing", "x.options", x=1, y=2) == 3
+    with pytest.raises(ValueError, match=r"x.options: the child thing takes no option 'z'; it"):
+        build_named(registry, "child", "thing", "x.options", z=1)
+    with pytest.raises(ValueError, match=r"x.options: the function thing takes no option 'z'"):
+        build_named(registry, "function", "thing", "x.options", x=1, z=1)
+    with pytest.raises(ValueError, match=r"unknown thing 'nope'; expected one of \['child'"):
+        build_named(registry, "nope", "thing", "x.options")
