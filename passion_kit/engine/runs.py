@@ -1,4 +1,5 @@
-"""What a run is made of: its folder's files, its model, its checkpoints, its data.
+"""What a run is made of: its folder's files, its model and objective (built from the
+config, which :func:`check_config` checks before any work), its checkpoints, its data.
 
 Training (:mod:`passion_kit.engine.train`), evaluation and the lessons all open runs
 through these.
