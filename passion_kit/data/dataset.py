@@ -38,7 +38,13 @@ import torch
 from torch.utils.data import Dataset
 
 from passion_kit.data.description import DatasetDescription, load_description
-from passion_kit.data.prepared import case_dir, list_cases, load_array, read_case_ids
+from passion_kit.data.prepared import (
+    case_dir,
+    check_case_arrays,
+    list_cases,
+    load_array,
+    read_case_ids,
+)
 from passion_kit.data.splits import MissingRateSplit, read_split
 from passion_kit.data.transforms import TrainAugment
 
@@ -165,11 +171,7 @@ class PreparedDataset(Dataset):
         image = load_array(d / "image.npy", "r")
         label = load_array(d / "label.npy", "r")
         m = self.description.modalities.num_modalities
-        if image.ndim != 4 or image.shape[0] != m or label.shape != image.shape[1:]:
-            raise ValueError(
-                f"case {case_id} ({d}): image.npy {image.shape} and label.npy {label.shape} "
-                f"do not fit; expected ({m}, *size) and size"
-            )
+        check_case_arrays(image, label, f"case {case_id} ({d})", m)
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
         ms = self.description.modalities
         if self.setting == "pdt":

@@ -44,6 +44,7 @@ __all__ = [
     "TMP_PREFIX",
     "PreparationError",
     "PreparedCase",
+    "check_case_arrays",
     "atomic_write_text",
     "case_dir",
     "list_cases",
@@ -123,13 +124,21 @@ def read_case(
         raise FileNotFoundError(f"{d}: no such prepared case")
     mode = "r" if mmap else None
     image, label = (load_array(d / name, mode) for name in ("image.npy", "label.npy"))
-    if image.ndim != 4 or label.shape != image.shape[1:]:
-        raise ValueError(
-            f"{d}: image.npy {image.shape} and label.npy {label.shape} do not fit; "
-            f"expected (M, *size) and size"
-        )
+    check_case_arrays(image, label, str(d))
     meta = json.loads((d / "meta.json").read_text())
     return image, label, meta
+
+
+def check_case_arrays(
+    image: np.ndarray, label: np.ndarray, where: str, num_modalities: int | None = None
+) -> None:
+    """Refuse a case whose ``image.npy`` (M, *size) and ``label.npy`` (size) do not fit."""
+    m = image.shape[0] if num_modalities is None else num_modalities
+    if image.ndim != 4 or image.shape[0] != m or label.shape != image.shape[1:]:
+        raise ValueError(
+            f"{where}: image.npy {image.shape} and label.npy {label.shape} do not fit; "
+            f"expected ({'M' if num_modalities is None else m}, *size) and size"
+        )
 
 
 def list_cases(root: str | os.PathLike) -> list[str]:

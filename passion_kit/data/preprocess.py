@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from passion_kit.data.prepared import PreparedCase
+from passion_kit.io import error_line
 
 __all__ = [
     "CROP_MODES",
@@ -202,7 +203,7 @@ def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for unreadable files
-        raise ValueError(f"{path}: cannot read NIfTI: {_reason(exc)}") from exc
+        raise ValueError(f"{path}: cannot read NIfTI: {error_line(exc)}") from exc
     shape, dtype = tuple(img.shape), img.get_data_dtype()
     size = math.prod(shape) * dtype.itemsize
     if size > _memory_bytes():
@@ -213,7 +214,7 @@ def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
-        raise ValueError(f"{path}: cannot read NIfTI: {_reason(exc)}") from exc
+        raise ValueError(f"{path}: cannot read NIfTI: {error_line(exc)}") from exc
     if np.iscomplexobj(data):
         raise ValueError(f"{path}: complex values ({data.dtype}); a real-valued image expected")
     return data, np.asarray(img.affine, dtype=np.float64)
@@ -230,10 +231,6 @@ def walk_folders(root: str | os.PathLike):
             continue
         seen.add(real)
         yield Path(dirpath), dirnames, filenames
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _memory_bytes() -> int:

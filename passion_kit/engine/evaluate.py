@@ -454,12 +454,8 @@ def ensure_evaluated(run_dir: str | os.PathLike, split: str = "test", **options)
             done = {}
         state = load_checkpoint(options.get("checkpoint") or Path(run_dir) / "checkpoint_last.pt")
         stored = ExperimentConfig.from_dict(state["config"], source=str(run_dir)).eval
-        wanted = _used_settings(
-            options.get("settings") or stored,
-            options.get("hd95_convention"),
-            options.get("max_cases"),
-        )
         settings = options.get("settings") or stored
+        wanted = _used_settings(settings, options.get("hd95_convention"), options.get("max_cases"))
         device = select_device(options.get("device", "auto"))
         on = _computed_on(device, amp_dtype(settings.amp, device, "eval.amp"))
         same = done.get("eval") == wanted and done.get("epoch") == state["epoch"]
